@@ -1,0 +1,54 @@
+# Two commands do all the set-up on a fresh clone (Python 3.11, no GPU):
+#   make test   create .venv if absent, install pinned versions, run the whole test suite
+#   make book   the same set-up, then render the book and print where its index page is
+# Options: make test FLAGS=slow   (also run notebook cells flagged `slow`)
+#          make test PYTEST_ARGS="-k torus"
+
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+FLAGS ?=
+PYTEST_ARGS ?=
+
+# Offline first: nothing downloads model weights at run time.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+# The data registry's mirror: the shared copy of the benchmark splits, when it is beside the clone.
+ifneq ($(wildcard ../shared/data),)
+export CDB_DATA_MIRROR ?= $(abspath ../shared/data)
+endif
+
+.PHONY: test book export clean-nbs lock clean help
+
+help:
+	@echo "make test    - set up .venv and run every test (notebooks, package, book, papermill)"
+	@echo "make book    - set up .venv and render the book into _build/book/"
+	@echo "make export  - regenerate crystal_diffusion_book/ from nbs/"
+	@echo "make lock    - rewrite constraints.txt from the working .venv"
+
+# torch==2.13.0 is the CPU build (on this kind of machine it is on disk); it must be in the same
+# pip command as everything else, or a dependency pulls a multi-GB CUDA build.
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check torch==2.13.0 -c constraints.txt -e ".[all]"
+	@touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests --nb-flags="$(FLAGS)" $(PYTEST_ARGS)
+
+book: $(STAMP)
+	$(BIN)/python tools/book.py --flags="$(FLAGS)"
+
+export: $(STAMP)
+	$(BIN)/nbdev-export
+
+clean-nbs: $(STAMP)
+	$(BIN)/nbdev-clean
+
+lock:
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v -E '^(torch|crystal-diffusion-book)==' > constraints.txt
+
+clean:
+	rm -rf _build runs
