@@ -15,6 +15,8 @@ PYTEST_ARGS ?=
 # Offline first: nothing downloads model weights at run time.
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
+# Processed datasets are cached inside the build folder, not in the user's cache.
+export CDB_CACHE_DIR ?= $(CURDIR)/_build/cache
 # The data registry's mirror: the shared copy of the benchmark splits, when it is beside the clone.
 ifneq ($(wildcard ../shared/data),)
 export CDB_DATA_MIRROR ?= $(abspath ../shared/data)

@@ -9,6 +9,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("CDB_CACHE_DIR", str(ROOT / "_build" / "cache"))
 _mirror = ROOT.parent / "shared" / "data"
 if _mirror.is_dir():
     os.environ.setdefault("CDB_DATA_MIRROR", str(_mirror))
