@@ -67,3 +67,20 @@ def test_installed_wheel_imports_and_runs(venv, tmp_path):
             "assert torch.allclose(x, torch.ones(1, 3)); print('ok')")
     r = run(venv, "-c", code, cwd=tmp_path)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_installed_cli(venv, tmp_path):
+    import os
+    cdb = str(venv / "bin" / "cdb")
+    r = subprocess.run([cdb, "--help"], cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 0 and "evaluate-csp" in r.stdout and "fetch" in r.stdout, r.stderr
+    r = subprocess.run([cdb, "datasets"], cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 0 and "perov_5" in r.stdout, r.stderr
+    r = subprocess.run([cdb, "fetch", "nonexistent_set", "--split", "val", "--no-download", "--cache-dir", str(tmp_path)],
+                       cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode != 0 and "nonexistent_set" in r.stderr
+    mirror = os.environ.get("CDB_DATA_MIRROR")
+    if mirror:  # real work: fetch and verify a split from the mirror into an empty cache
+        r = subprocess.run([cdb, "fetch", "perov_5", "--split", "val", "--no-download", "--mirror", mirror,
+                            "--cache-dir", str(tmp_path / "cache")], cwd=tmp_path, capture_output=True, text=True)
+        assert r.returncode == 0 and "3787 rows" in r.stdout, r.stdout + r.stderr
