@@ -1,5 +1,7 @@
 # Two commands do all the set-up on a fresh clone (Python 3.11, no GPU):
 #   make test   create .venv if absent, install pinned versions, run the whole test suite
+#   make reproduce  the same set-up, then the main job: train, sample and evaluate DiffCSP and KLDM
+#                   on Perov-5 (preset `cpu`, about 30 minutes on 2 cores), results under runs/
 #   make book   the same set-up, then render the book and print where its index page is
 # Options: make test FLAGS=slow   (also run notebook cells flagged `slow`)
 #          make test PYTEST_ARGS="-k torus"
@@ -11,6 +13,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FLAGS ?=
 PYTEST_ARGS ?=
+DATASET ?= perov_5
+MODELS ?= kldm diffcsp
+PRESET ?= cpu
+JOBS ?= 2
 
 # Offline first: nothing downloads model weights at run time.
 export HF_HUB_OFFLINE := 1
@@ -22,10 +28,11 @@ ifneq ($(wildcard ../shared/data),)
 export CDB_DATA_MIRROR ?= $(abspath ../shared/data)
 endif
 
-.PHONY: test book export clean-nbs lock clean help
+.PHONY: test reproduce book export clean-nbs lock clean help
 
 help:
 	@echo "make test    - set up .venv and run every test (notebooks, package, book, papermill)"
+	@echo "make reproduce - the main job: DiffCSP and KLDM on Perov-5 (PRESET=smoke|cpu|paper, DATASET=, MODELS=)"
 	@echo "make book    - set up .venv and render the book into _build/book/"
 	@echo "make export  - regenerate crystal_diffusion_book/ from nbs/"
 	@echo "make lock    - rewrite constraints.txt from the working .venv"
@@ -39,6 +46,9 @@ $(STAMP): pyproject.toml constraints.txt
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests --nb-flags="$(FLAGS)" $(PYTEST_ARGS)
+
+reproduce: $(STAMP)
+	$(BIN)/python ci/reproduce.py --dataset $(DATASET) --models $(MODELS) --preset $(PRESET) --jobs $(JOBS) --out runs
 
 book: $(STAMP)
 	$(BIN)/python tools/book.py --flags="$(FLAGS)"
