@@ -32,3 +32,13 @@ def executed(request, nb_flags):
     import nbrun
     paths = nbrun.notebooks(request.config.getoption("--nb-glob"))
     return nbrun.run_all(paths, jobs=request.config.getoption("--nb-jobs"), flags=nb_flags)
+
+
+@pytest.fixture
+def one_thread():
+    "Many small tensor operations: one torch thread is faster than several on a shared machine."
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

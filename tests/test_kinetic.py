@@ -15,13 +15,7 @@ mpmath.mp.dps = 40
 P = 2 * math.pi
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    "Many small tensor operations: one thread is faster than several on a shared machine."
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def _ref(t):

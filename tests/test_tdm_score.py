@@ -12,13 +12,7 @@ from crystal_diffusion_book.wrapped_normal import wn_log_prob
 P = 2 * math.pi
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    "Many small tensor operations: one thread is faster than several on a shared machine."
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def test_nu_small_and_large_t():
