@@ -514,16 +514,8 @@ def train(
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(determ)
 
-def _train(
-    model: CrystalModel,     # any model of the book (a `CrystalModel` with `loss(batch)`)
-    train_data,              # list-like of crystal Data (e.g. `data.load_dataset(...)`)
-    val_data=None,           # list-like of crystal Data for the validation loss and match rate (None: none)
-    config: TrainConfig | None = None,  # the run's settings (default: `TrainConfig()`)
-    out_dir="runs/train",    # run folder: checkpoints, CSV logs, final weights
-    resume=False,            # True: continue from out_dir/last.pt; or a checkpoint path; False: start afresh
-) -> dict:                   # out_dir, step, epoch, last_checkpoint, steps_csv, epochs_csv, seconds
-    "The training loop of `train` (which sets and restores the process-wide thread count and determinism)."
-    cfg = config
+def _train(model, train_data, val_data, cfg: TrainConfig, out_dir, resume) -> dict:
+    "The training loop of `train`, with the arguments `train` documents and its checked config."
     if not isinstance(model, CrystalModel): raise ValueError(f"model must be a CrystalModel, got {type(model).__name__}")
     if len(train_data) == 0: raise ValueError("train_data must hold at least one crystal")
     out = Path(out_dir)
