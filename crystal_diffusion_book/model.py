@@ -34,6 +34,7 @@ class CompositionSpec:
     atom_types: torch.Tensor   # (n_atoms,) long, atomic numbers Z (crystal by crystal, contiguous)
     num_atoms: torch.Tensor    # (n_crystals,) long, atoms per crystal
     labels: list = field(default_factory=list)   # one label per crystal (e.g. the formula), for file names
+    cond: torch.Tensor | None = None   # (n_crystals, d) optional per-crystal condition, e.g. a text embedding
 
     def __post_init__(self):
         self.atom_types = torch.as_tensor(self.atom_types, dtype=torch.long).reshape(-1)
@@ -48,6 +49,11 @@ class CompositionSpec:
             self.labels = [f"crystal{i}" for i in range(len(self.num_atoms))]
         if len(self.labels) != len(self.num_atoms):
             raise ValueError(f"labels must have one entry per crystal ({len(self.num_atoms)}), got {len(self.labels)}")
+        if self.cond is not None:
+            self.cond = torch.as_tensor(self.cond)
+            if not self.cond.is_floating_point() or self.cond.ndim != 2 or self.cond.shape[0] != len(self.num_atoms):
+                raise ValueError(f"cond must be a float tensor of shape ({len(self.num_atoms)}, d), got "
+                                 f"{self.cond.dtype} {tuple(self.cond.shape)}")
 
     @property
     def index(self):
@@ -115,7 +121,8 @@ def spec_from_batch(
     ids = getattr(batch, "material_id", None)
     n = batch.num_atoms.reshape(-1)
     labels = list(ids) if isinstance(ids, (list, tuple)) and len(ids) == len(n) else []
-    return CompositionSpec(batch.atom_types, n, labels)
+    cond = getattr(batch, "text_emb", None)   # (n_crystals, d) when the crystals carry text embeddings (chapter 60)
+    return CompositionSpec(batch.atom_types, n, labels, cond=cond)
 
 # %% ../nbs/31_model.ipynb #bf7f1317
 def structures_from_tensors(

@@ -7,7 +7,8 @@ Docs: https://crystal-diffusion-book.github.io/crystal-diffusion-book/text.html.
 # %% auto #0
 __all__ = ['PROMPT_HEAD', 'PROMPT_TAIL', 'TEMPLATE_VERSION', 'SENTENCES', 'DATASET_FIELDS', 'STRUCTURAL_FIELDS', 'MINILM',
            'crystal_attributes', 'short_prompt', 'long_description', 'read_cache', 'cache_key', 'describe_structures',
-           'describe_split', 'minilm_path', 'TextEncoder', 'embed_texts', 'ProjectionHead']
+           'describe_split', 'minilm_path', 'TextEncoder', 'embed_texts', 'ProjectionHead', 'attach_text_embeddings',
+           'text_dataset', 'TextConditioner', 'cfg_combine']
 
 # %% ../nbs/60_text.ipynb #802e09ea
 import hashlib
@@ -456,3 +457,105 @@ class ProjectionHead(nn.Module):
                ):                 # (..., out_dim)
         p = self.projection(x)                                         # (..., out_dim)
         return self.norm(self.dropout(self.fc(nn.functional.gelu(p))) + p)
+
+# %% ../nbs/60_text.ipynb #1e554056
+def attach_text_embeddings(
+    data_list,            # list-like of crystal `Data`
+    embeddings,           # (n, d) float tensor, row i belongs to data_list[i]
+    texts=None,           # optional list of n strings, stored as `d.text` for inspection
+):                        # a new list of shallow copies of the Data, each with text_emb (1, d)
+    "Attach one embedding row to each crystal, so batches carry `text_emb` (n_crystals, d)."
+    embeddings = torch.as_tensor(embeddings)
+    n = len(data_list)
+    if embeddings.ndim != 2 or embeddings.shape[0] != n or not embeddings.is_floating_point():
+        raise ValueError(f"embeddings must be a float tensor of shape ({n}, d), got {embeddings.dtype} {tuple(embeddings.shape)}")
+    if texts is not None and len(texts) != n:
+        raise ValueError(f"texts must hold one string per crystal ({n}), got {len(texts)}")
+    out = []
+    for i, d in enumerate(data_list):
+        d = d.clone()
+        d.text_emb = embeddings[i:i + 1].float()                         # (1, d): PyG stacks these per crystal
+        if texts is not None:
+            d.text = texts[i]
+        out.append(d)
+    return out
+
+# %% ../nbs/60_text.ipynb #00a46dba
+def text_dataset(
+    dataset,              # 'perov_5', 'carbon_24', 'mp_20' or 'mpts_52'
+    split,                # 'train', 'val' or 'test'
+    fields=None,          # prompt fields (default: TGDMat's for the dataset); ignored for kind='long'
+    kind="short",         # 'short' (templated prompt) or 'long' (robocrys, short prompt where it failed)
+    encoder=None,         # a `TextEncoder` (default: MiniLM)
+    limit=None,           # only the first `limit` crystals
+    seed=0,               # shuffle seed of the prompts
+    cache_dir=None,       # cache folder (default: the data cache)
+    progress=True,        # progress bars
+    n_jobs=1,             # worker processes for the descriptions
+    **kw,                 # mirror, variant, ...: see `data.fetch_entry`
+):                        # (list of Data with text_emb and text, DataFrame of the prompts)
+    "A split whose crystals carry the embeddings of their prompts: descriptions and embeddings both cached."
+    from crystal_diffusion_book import data
+    if kind not in ("short", "long"):
+        raise ValueError(f"kind must be 'short' or 'long', got {kind!r}")
+    ds = data.load_dataset(dataset, split, limit=limit, progress=progress, cache_dir=cache_dir, **kw)
+    df = describe_split(dataset, split, fields=fields, limit=limit, long=kind == "long", seed=seed,
+                        cache_dir=cache_dir, progress=progress, n_jobs=n_jobs, **kw)
+    if list(df["row"]) != list(range(len(ds))):
+        raise ValueError(f"{dataset}/{split}: the description cache does not cover rows 0..{len(ds) - 1}")
+    texts = list(df["short"] if kind == "short" else df["text"])
+    emb_dir = False if cache_dir is False else data.default_cache_dir(cache_dir) / "text" / "embeddings"
+    emb = embed_texts(texts, encoder, cache_dir=emb_dir)
+    return attach_text_embeddings(ds, emb, texts), df
+
+# %% ../nbs/60_text.ipynb #bc07c1aa
+class TextConditioner(nn.Module):
+    "Projection head plus a learnt null condition; drops the text per crystal with probability p_uncond while training."
+    def __init__(self,
+                 text_dim,          # text embedding size (0: no text, every crystal gets the null condition)
+                 out_dim=256,       # projected size (TGDMat: 256)
+                 dropout=0.1,       # dropout inside the projection head (TGDMat: 0.1)
+                 p_uncond=0.0,      # condition dropout for classifier-free guidance (TGDMat: 0)
+                ):
+        super().__init__()
+        if text_dim < 0: raise ValueError(f"text_dim must be >= 0, got {text_dim}")
+        if not 0 <= p_uncond < 1: raise ValueError(f"p_uncond must be in [0, 1), got {p_uncond}")
+        self.text_dim, self.out_dim, self.p_uncond = int(text_dim), int(out_dim), float(p_uncond)
+        self.head = ProjectionHead(text_dim, out_dim, dropout) if text_dim else None
+        self.null = nn.Parameter(torch.zeros(out_dim))                     # ∅, learnt
+
+    def forward(self,
+                text_emb,           # (n_crystals, text_dim) embeddings, or None (all null)
+                n_crystals=None,    # number of crystals (needed when text_emb is None)
+                drop=None,          # optional (n_crystals,) bool: True = use ∅ (overrides the random dropout)
+               ):                   # (n_crystals, out_dim)
+        "Projected text per crystal, with ∅ where the condition is absent or dropped."
+        if text_emb is None or self.head is None:
+            if n_crystals is None:
+                if text_emb is None: raise ValueError("n_crystals is needed when text_emb is None")
+                n_crystals = text_emb.shape[0]
+            return self.null.expand(int(n_crystals), -1)
+        if text_emb.ndim != 2 or text_emb.shape[1] != self.text_dim:
+            raise ValueError(f"text_emb must have shape (n_crystals, {self.text_dim}), got {tuple(text_emb.shape)}")
+        n = text_emb.shape[0]
+        c = self.head(text_emb.to(self.null.dtype))                         # (n_crystals, out_dim)
+        if drop is None and self.training and self.p_uncond > 0:
+            drop = torch.rand(n, device=c.device) < self.p_uncond
+        if drop is None:
+            return c
+        drop = torch.as_tensor(drop, dtype=torch.bool, device=c.device).reshape(-1)
+        if drop.shape != (n,): raise ValueError(f"drop must hold one flag per crystal ({n}), got {tuple(drop.shape)}")
+        return torch.where(drop[:, None], self.null.expand(n, -1), c)
+
+def cfg_combine(
+    cond_out: dict,       # network outputs with the condition (tensors; other values are copied)
+    uncond_out: dict,     # the same outputs with the null condition
+    scale: float,         # guidance scale w: 0 unconditional, 1 conditional, > 1 stronger
+) -> dict:                # uncond + w (cond - uncond), key by key
+    "Classifier-free guidance on raw network outputs (scores, noise or logits)."
+    if set(cond_out) != set(uncond_out):
+        raise ValueError(f"outputs have different keys: {sorted(cond_out)} vs {sorted(uncond_out)}")
+    if scale == 1: return dict(cond_out)            # exactly the conditional model (no rounding from u + (c - u))
+    if scale == 0: return dict(uncond_out)
+    return {k: (u + scale * (cond_out[k] - u)) if torch.is_tensor(u) and u.is_floating_point() else cond_out[k]
+            for k, u in uncond_out.items()}

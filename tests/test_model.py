@@ -105,3 +105,13 @@ def test_generate_cli(tmp_path, capsys):
     assert generate_main(["generate"]) == 2          # argparse: missing required options
     err = capsys.readouterr().err
     assert "error" in err and "Traceback" not in err
+
+
+def test_spec_cond_is_checked_and_carried():
+    "A per-crystal condition must have one float row per crystal; spec_from_batch takes it from text_emb."
+    spec = CompositionSpec(torch.tensor([3, 8, 8]), torch.tensor([1, 2]), cond=torch.zeros(2, 4))
+    assert spec.cond.shape == (2, 4)
+    with pytest.raises(ValueError, match="cond must be a float tensor of shape \\(2, d\\)"):
+        CompositionSpec(torch.tensor([3, 8, 8]), torch.tensor([1, 2]), cond=torch.zeros(3, 4))
+    with pytest.raises(ValueError, match="cond must be a float tensor"):
+        CompositionSpec(torch.tensor([3, 8, 8]), torch.tensor([1, 2]), cond=torch.zeros(2, 4, dtype=torch.long))

@@ -216,3 +216,30 @@ def test_projection_head():
     assert ProjectionHead(384, 16).double()(torch.randn(2, 3, 384, dtype=torch.float64)).shape == (2, 3, 16)
     with pytest.raises(ValueError, match="dropout"):
         ProjectionHead(8, dropout=1.5)
+
+
+def test_text_conditioner_null_and_dropout():
+    "The null condition replaces dropped or absent text; evaluation never drops; shapes are checked."
+    torch.manual_seed(0)
+    tc = text.TextConditioner(8, out_dim=6, p_uncond=0.5).double()
+    x = torch.randn(4000, 8, dtype=torch.float64)
+    tc.train()
+    frac = float((tc(x) == tc.null).all(-1).double().mean())
+    assert abs(frac - 0.5) < 5 * (0.25 / 4000) ** 0.5          # binomial, 5 standard deviations
+    tc.eval()
+    assert not (tc(x) == tc.null).all(-1).any()
+    forced = tc(x[:3], drop=torch.tensor([True, False, True]))
+    assert torch.equal(forced[0], tc.null) and torch.equal(forced[2], tc.null) and not torch.equal(forced[1], tc.null)
+    with pytest.raises(ValueError, match="text_emb must have shape"):
+        tc(torch.zeros(2, 7, dtype=torch.float64))
+    with pytest.raises(ValueError, match="p_uncond"):
+        text.TextConditioner(8, p_uncond=1.0)
+
+
+def test_cfg_combine():
+    "w = 0 and 1 give the two models exactly; other w are uncond + w (cond - uncond); keys must agree."
+    c, u = {"a": torch.tensor([1.0, 2.0]), "k": 3}, {"a": torch.tensor([0.0, 4.0]), "k": 3}
+    assert torch.equal(text.cfg_combine(c, u, 1.0)["a"], c["a"]) and torch.equal(text.cfg_combine(c, u, 0.0)["a"], u["a"])
+    assert torch.equal(text.cfg_combine(c, u, 2.0)["a"], torch.tensor([2.0, 0.0]))
+    with pytest.raises(ValueError, match="different keys"):
+        text.cfg_combine(c, {"a": u["a"]}, 2.0)
