@@ -1,18 +1,20 @@
 """`make reproduce`: train, sample and score CSP models through the reproduction notebook, beside the published numbers.
 
     python ci/reproduce.py --dataset perov_5 --models kldm diffcsp --preset cpu [--jobs 2] [--out runs]
+    python ci/reproduce.py --preset smoke --models tgdmat kldm-text [--prompt-fields formula,spacegroup]
 
 Builds a run matrix (one run of nbs/70_reproduce_csp.ipynb per model, plus KLDM's ablations with
---kldm-ablations), fetches the dataset once through the data registry so that parallel runs find it cached,
+--kldm-ablations), fetches the dataset once through the data registry so that parallel runs find it cached
+(and, for the text models tgdmat and kldm-text, writes the prompts and their embeddings into the caches once),
 executes the matrix with ci/run_matrix.run_matrix (papermill, `--jobs` runs at a time), then writes
 runs/<name>/results.md and results.json (our rows beside the published numbers, with status labels and
-protocols) and copies every run's figures to runs/<name>/figures/. Exit status 1 if a run failed.
+protocols; `reproduce.write_results`) and copies every run's figures to runs/<name>/figures/. Exit status 1 if a
+run failed. `cdb reproduce` runs the same pipeline in-process, without papermill.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -30,25 +32,29 @@ ABLATIONS = [  # KLDM switches (KLDM §4 ablations; method reference §2.1-2.3)
 
 
 def build_matrix(dataset: str, models: list, preset: str, seed: int, run_dir: Path, n_test=None, sampler_steps=None,
-                 epochs=None, kldm_ablations=False) -> dict:
+                 epochs=None, kldm_ablations=False, prompt_fields=None, text_kind=None, guidance_scale=None) -> dict:
     "The run matrix (as a dict) of one reproduction: one run per model, optionally KLDM's ablations."
+    from crystal_diffusion_book.reproduce import MODELS, TEXT_MODELS
     extra = {k: v for k, v in dict(n_test=n_test, sampler_steps=sampler_steps, epochs=epochs).items() if v is not None}
+    text = {k: v for k, v in dict(prompt_fields=prompt_fields, text_kind=text_kind,
+                                  guidance_scale=guidance_scale).items() if v is not None}
     runs = []
     for m in models:
-        if m not in ("diffcsp", "kldm"):
-            raise ValueError(f"models must be among diffcsp, kldm; got {m!r}")
+        if m not in MODELS:
+            raise ValueError(f"models must be among {', '.join(MODELS)}; got {m!r}")
         variants = [("", {})] + (ABLATIONS if (m == "kldm" and kldm_ablations) else [])
         for tag, sw in variants:
             rid = f"{m}-{dataset}-{preset}-s{seed}" + (f"-{tag}" if tag else "")
             runs.append({"id": rid, "notebook": NOTEBOOK,
                          "parameters": {"dataset": dataset, "model": m, "preset": preset, "seed": seed,
-                                        "out_dir": str((run_dir / rid).resolve()), **sw, **extra}})
+                                        "out_dir": str((run_dir / rid).resolve()), **sw, **extra,
+                                        **(text if m in TEXT_MODELS else {})}})
     return {"name": run_dir.name, "runs": runs}
 
 
 def collect(records: list, dataset: str, run_dir: Path) -> tuple:
     "Write results.md / results.json beside the published numbers and copy figures; return (markdown, data)."
-    from crystal_diffusion_book.reproduce import results_table
+    from crystal_diffusion_book.reproduce import write_results
     rows = []
     for r in records:
         res = dict(r.get("results") or {})
@@ -57,25 +63,19 @@ def collect(records: list, dataset: str, run_dir: Path) -> tuple:
         res["status"], res["error"] = r.get("status"), r.get("error")
         res["run_id"], res["notebook"], res["wall_seconds"] = r.get("id"), r.get("output"), r.get("seconds")
         rows.append(res)
-    md, data = results_table(rows, dataset)
-    data["runs"] = rows
-    figs = run_dir / "figures"
-    figs.mkdir(exist_ok=True)
-    copied = []
-    for res in rows:
-        for f in res.get("figures", []) or []:
-            f = Path(f)
-            if f.exists():
-                dest = figs / f"{res['run_id']}-{f.name}"
-                shutil.copyfile(f, dest)
-                copied.append(dest)
-    md += "\n" + "\n".join(f"![{p.stem}](figures/{p.name})" for p in copied) + "\n"
-    lines = [f"- `{r['run_id']}`: {r['status']}, {r.get('wall_seconds')} s, executed notebook `{r['notebook']}`"
-             + (f"; error: {str(r['error'])[-300:]}" if r.get("error") else "") for r in rows]
-    md = f"# Reproduction: {dataset}\n\n" + md + "\n## Runs\n\n" + "\n".join(lines) + "\n"
-    (run_dir / "results.md").write_text(md)
-    (run_dir / "results.json").write_text(json.dumps(data, indent=1, default=str))
-    return md, data
+    return write_results(rows, dataset, run_dir)
+
+
+def warm_text_caches(dataset: str, preset: str, seed: int, n_test=None, prompt_fields=None, text_kind=None) -> None:
+    "Write the text models' prompts and embeddings into the caches once, before parallel runs read them."
+    from crystal_diffusion_book import reproduce as rp
+    fields = rp.prompt_fields_for(prompt_fields, dataset)
+    if not fields:
+        return
+    from crystal_diffusion_book.text import TextEncoder
+    run = rp.get_preset(preset, n_test=n_test)
+    tr, va, te, _ = rp.load_csp_data(dataset, run, seed, fields, text_kind or "short", TextEncoder())
+    print(f"{dataset}: prompts and embeddings cached for {len(tr)} + {len(va)} + {len(te)} crystals", flush=True)
 
 
 def main(argv=None) -> int:
@@ -88,6 +88,10 @@ def main(argv=None) -> int:
     ap.add_argument("--sampler-steps", type=int, default=None)
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--kldm-ablations", action="store_true", help="also run KLDM's switches")
+    ap.add_argument("--prompt-fields", default=None,
+                    help="text models: comma-separated prompt fields (default: TGDMat's for the dataset; 'none': no text)")
+    ap.add_argument("--text-kind", default=None, choices=["short", "long"], help="text models: prompt kind (default short)")
+    ap.add_argument("--guidance-scale", type=float, default=None, help="text models: guidance scale w (default 1)")
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time")
     ap.add_argument("--out", type=Path, default=ROOT / "runs")
     ap.add_argument("--name", default=None, help="run folder name (default: reproduce-<dataset>-<preset>)")
@@ -96,8 +100,14 @@ def main(argv=None) -> int:
     name = a.name or f"reproduce-{a.dataset}-{a.preset}"
     run_dir = (a.out / name).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    spec = build_matrix(a.dataset, models, a.preset, a.seed, run_dir, a.n_test, a.sampler_steps, a.epochs,
-                        a.kldm_ablations)
+    try:
+        spec = build_matrix(a.dataset, models, a.preset, a.seed, run_dir, a.n_test, a.sampler_steps, a.epochs,
+                            a.kldm_ablations, a.prompt_fields, a.text_kind, a.guidance_scale)
+        from crystal_diffusion_book.reproduce import TEXT_MODELS, prompt_fields_for
+        if any(m in TEXT_MODELS for m in models):
+            prompt_fields_for(a.prompt_fields, a.dataset)
+    except ValueError as e:
+        ap.error(str(e))          # exit status 2, as for any other bad argument
     matrix = run_dir / "matrix.yaml"
     matrix.write_text(yaml.safe_dump(spec, sort_keys=False))
     # fetch and cache the splits once, so that parallel runs do not parse the same files at the same time
@@ -107,6 +117,9 @@ def main(argv=None) -> int:
     for split, lim in (("train", p.n_train), ("val", p.n_val), ("test", None)):
         ds = load_dataset(a.dataset, split, limit=lim, progress=False)
         print(f"{a.dataset}/{split}: {len(ds)} crystals ready", flush=True)
+    from crystal_diffusion_book.reproduce import TEXT_MODELS
+    if any(m in TEXT_MODELS for m in models):
+        warm_text_caches(a.dataset, a.preset, a.seed, a.n_test, a.prompt_fields, a.text_kind)
     import run_matrix
     records = run_matrix.run_matrix(matrix, a.out.resolve(), jobs=a.jobs)
     md, _ = collect(records, a.dataset, run_dir)

@@ -225,6 +225,17 @@ class CrystalModel(nn.Module):
         "Sampler in tensors: dict with frac, lattice, types, index (and trajectory)."
         raise NotImplementedError
 
+    def fit_data(self,
+                 train_data,   # the training crystals (list-like of Data)
+                ):             # self
+        "Fit the statistics of the training data the model needs before training (none here; KLDM overrides it)."
+        return self
+
+    @property
+    def data_fitted(self) -> bool:   # False while `fit_data` still has something to do
+        "Whether the data statistics set by `fit_data` are in place (always, for a model that needs none)."
+        return True
+
     # --- what the base class does --------------------------------------------------------------
     @property
     def device(self):

@@ -518,6 +518,8 @@ def _train(model, train_data, val_data, cfg: TrainConfig, out_dir, resume) -> di
     "The training loop of `train`, with the arguments `train` documents and its checked config."
     if not isinstance(model, CrystalModel): raise ValueError(f"model must be a CrystalModel, got {type(model).__name__}")
     if len(train_data) == 0: raise ValueError("train_data must hold at least one crystal")
+    if not model.data_fitted:            # e.g. KLDM's lattice statistics: every process fits the same ones
+        model.fit_data(train_data)       # from the same crystals, before the first step
     out = Path(out_dir)
     created_group = init_distributed()
     rank, world, local_rank = dist_info()

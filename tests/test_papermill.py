@@ -37,3 +37,16 @@ def test_matrix_driver_runs_and_collects(tmp_path):
     import pytest
     with pytest.raises(ValueError, match="no `notebook`"):
         run_matrix.run_matrix(bad, tmp_path / "runs")
+
+
+def test_matrix_parameters_exist_in_the_notebooks():
+    "Every parameter a run matrix passes is a name of its notebook's `parameters` cell (papermill would add an unknown one silently)."
+    import ast
+    import yaml
+    for f in sorted((ROOT / "ci").glob("matrix-*.yaml")):
+        for r in yaml.safe_load(f.read_text())["runs"]:
+            nb = json.loads((ROOT / r["notebook"]).read_text())
+            cell = next(c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", []))
+            names = {t.id for n in ast.parse("".join(cell["source"])).body for t in getattr(n, "targets", [])}
+            unknown = set(r.get("parameters", {})) - names
+            assert not unknown, f"{f.name}: run {r['id']} passes {sorted(unknown)}, not in {r['notebook']}'s parameters"

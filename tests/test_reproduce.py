@@ -1,6 +1,6 @@
-"""The reproduction layer: presets, the published-numbers table, results rendering, and the smoke preset
-end to end through papermill for both models (ci/reproduce.py), with the table of both rows beside the
-published numbers."""
+"""The reproduction layer: presets, the published-numbers table, results rendering, prompts of the text models,
+and the smoke preset end to end through papermill for the four models (ci/reproduce.py), with the table of their
+rows beside the published numbers."""
 import json
 import math
 import os
@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from crystal_diffusion_book import reproduce as rp
@@ -28,6 +29,30 @@ def test_presets_and_errors():
         rp.train_config("cdvae", rp.PRESETS["smoke"])
     cfg = rp.train_config("kldm", rp.PRESETS["cpu"], seed=3)
     assert (cfg.optimizer, cfg.amsgrad, cfg.epochs, cfg.seed) == ("adamw", True, rp.PRESETS["cpu"].epochs, 3)
+    assert rp.train_config("tgdmat", rp.PRESETS["cpu"]).plateau_monitor == "train_loss"
+    assert rp.train_config("kldm-text", rp.PRESETS["cpu"]).amsgrad
+    with pytest.raises(ValueError, match="model"):
+        rp.build_model("cdvae", rp.PRESETS["smoke"])
+    with pytest.raises(ValueError, match="train_data"):
+        rp.build_model("kldm-text", rp.PRESETS["smoke"])
+    with pytest.raises(ValueError, match="text_dim"):
+        rp.build_model("tgdmat", rp.PRESETS["smoke"], text_dim=-1)
+    with pytest.raises(ValueError, match="guidance_scale"):
+        rp.run_csp(model="tgdmat", guidance_scale=-1.0)
+    with pytest.raises(ValueError, match="text_kind"):
+        rp.run_csp(model="tgdmat", text_kind="medium")
+
+
+def test_prompt_fields():
+    from crystal_diffusion_book.text import DATASET_FIELDS
+    assert rp.prompt_fields_for(None, "mp_20") == DATASET_FIELDS["mp_20"][0]
+    assert rp.prompt_fields_for("none", "perov_5") == () == rp.prompt_fields_for([], "perov_5")
+    assert rp.prompt_fields_for("crystal_system, formula", "carbon_24") == ("crystal_system", "formula")
+    for bad in ("band_gap", "formula,formula", ["nope"]):
+        with pytest.raises(ValueError, match="prompt_fields"):
+            rp.prompt_fields_for(bad, "perov_5")
+    assert rp.test_indices(100, 5, seed=3) == rp.test_indices(100, 5, seed=3) == sorted(rp.test_indices(100, 5, seed=3))
+    assert rp.test_indices(10, None) == list(range(10)) and rp.test_indices(10, 99) == list(range(10))
 
 
 def test_published_table_matches_the_doc():
@@ -37,12 +62,16 @@ def test_published_table_matches_the_doc():
     assert rows[("KLDM", "mp_20", 1)].rmse == 0.0517 and rows[("KLDM", "mp_20", 1)].status == "S"
     assert rows[("KLDM", "perov_5", 1)].status == "NF"
     assert rows[("TGDMat, short prompt", "mp_20", 20)].status == "R"
+    assert rows[("TGDMat, short prompt, crystal system dropped at evaluation", "mp_20", 1)].match_rate == 41.34
     assert all(p.status in ("P", "S", "R", "U", "NF") and p.protocol for p in rp.PUBLISHED_CSP)
+    assert all((p.match_rate is None) == (p.status == "NF") for p in rp.PUBLISHED_CSP)
     if doc.exists():   # every non-NF number is printed in the project's published-numbers file
         text = doc.read_text()
         for p in rp.PUBLISHED_CSP:
-            if p.match_rate is not None:
+            if p.match_rate is not None and p.rmse is not None:
                 assert f"{p.match_rate:.2f} / {p.rmse:.4f}" in text, p
+        for name, mr in rp.TGDMAT_FIELD_ABLATION.values():   # the README's ablation gives match rates only
+            assert f"{name} {mr:.2f}" in text, name
 
 
 def test_results_table_layout():
@@ -51,31 +80,62 @@ def test_results_table_layout():
     assert js["ours"][0]["label"] == "KLDM (not mean-free)"
     assert math.isclose(js["ours"][0]["match_rate_se_pct"], 5.0)
     assert "| KLDM | 1 | 65.83 | 0.0517 | S |" in md
+    md, js = rp.results_table([{"model": "kldm-text", "dataset": "mp_20", "prompt_fields": ["formula"], "text_kind": "long",
+                                "text_encoder": "enc", "guidance_scale": 3.0, "t_f": 4.0, "n_test": 4, "match_rate": 0.25}], "mp_20")
+    assert js["ours"][0]["label"] == "KLDM + text (t_f 4.0, long prompt: formula, enc, w 3)"
+    assert js["ours"][0]["prompt_fields"] == ["formula"] and js["ours"][0]["guidance_scale"] == 3.0
+    assert "| TGDMat, short prompt, space group dropped at evaluation | 1 | 41.95 | — | R |" in md
     with pytest.raises(ValueError, match="dataset"):
         rp.published("qm9")
     json.dumps(js)
 
 
 def test_matrices_are_valid():
-    for f in ("matrix-smoke-csp.yaml", "matrix-cpu.yaml"):
+    for f, models in (("matrix-smoke-csp.yaml", {"diffcsp", "kldm", "tgdmat", "kldm-text"}), ("matrix-cpu.yaml", {"diffcsp", "kldm"})):
         spec = yaml.safe_load((ROOT / "ci" / f).read_text())
         assert spec["runs"] and all((ROOT / r["notebook"]).exists() for r in spec["runs"])
-        assert {r["parameters"]["model"] for r in spec["runs"]} == {"diffcsp", "kldm"}
+        assert {r["parameters"]["model"] for r in spec["runs"]} == models
+
+
+@pytest.mark.skipif(not os.environ.get("CDB_DATA_MIRROR"), reason="needs the data mirror (CDB_DATA_MIRROR)")
+def test_text_rows_are_the_split_prompts(one_thread):
+    "The test subset of a text run has the prompts (and embeddings) the whole split gives those rows."
+    from crystal_diffusion_book.text import TextEncoder, text_dataset
+    enc = TextEncoder()
+    fields = rp.prompt_fields_for(None, "perov_5")
+    full, _ = text_dataset("perov_5", "val", fields=fields, encoder=enc, limit=6, progress=False)
+    rows, texts = rp.text_rows("perov_5", "val", [1, 4], fields, "short", enc)
+    assert texts == [full[1].text, full[4].text] and [d.material_id for d in rows] == [full[1].material_id, full[4].material_id]
+    # MiniLM in float32, the same text in another batch (other padding): equal to float32 rounding (1e-5 on unit vectors)
+    assert torch.allclose(rows[1].text_emb, full[4].text_emb, atol=1e-5)
+    with pytest.raises(ValueError, match="rows"):
+        rp.text_rows("perov_5", "val", [10**6], fields, "short", enc)
 
 
 @pytest.mark.skipif(not os.environ.get("CDB_DATA_MIRROR"), reason="needs the data mirror (CDB_DATA_MIRROR)")
 def test_smoke_reproduce_end_to_end(tmp_path):
     sys.path.insert(0, str(ROOT / "ci"))
     import reproduce as drv
-    rc = drv.main(["--preset", "smoke", "--models", "diffcsp", "kldm", "--out", str(tmp_path), "--jobs", "2"])
+    models = ["diffcsp", "kldm", "tgdmat", "kldm-text"]
+    rc = drv.main(["--preset", "smoke", "--models", *models, "--out", str(tmp_path), "--jobs", "2"])
     out = tmp_path / "reproduce-perov_5-smoke"
     data = json.loads((out / "results.json").read_text())
     assert rc == 0, [r.get("error") for r in data["runs"]]
-    assert [r["model"] for r in data["ours"]] == ["diffcsp", "kldm"]
+    assert [r["model"] for r in data["ours"]] == models
     for r in data["runs"]:
         assert r["status"] == "ok" and r["n_test"] == rp.PRESETS["smoke"].n_test and 0 <= r["match_rate"] <= 1
         assert r["val_loss_after"] < r["val_loss_before"]
         assert (out / f"{r['run_id']}.ipynb").exists()
+        assert r["n_same_composition"] == r["n_test"] and len(list(Path(r["predictions_dir"]).glob("*.cif"))) <= r["n_test"]
+    runs = {r["model"]: r for r in data["runs"]}
+    assert len({tuple(r["test_rows"]) for r in data["runs"]}) == 1       # every model scored the same crystals
+    from crystal_diffusion_book.text import DATASET_FIELDS
+    for m in ("tgdmat", "kldm-text"):
+        assert runs[m]["prompt_fields"] == list(DATASET_FIELDS["perov_5"][0]) and runs[m]["text_dim"] == 384
+        assert runs[m]["text_encoder"] == "all-MiniLM-L6-v2" and runs[m]["guidance_scale"] == 1.0
+    assert (runs["tgdmat"]["p_uncond"], runs["kldm-text"]["p_uncond"]) == (0.0, 0.1)
+    assert runs["diffcsp"]["prompt_fields"] is None
     md = (out / "results.md").read_text()
     assert "| DiffCSP | 1 | 52.02 | 0.0760 | U |" in md and "| KLDM | smoke | 3 |" in md and "| DiffCSP | smoke | 3 |" in md
-    assert len(list((out / "figures").glob("*.png"))) == 4
+    assert "| TGDMat (short prompt: all fields, all-MiniLM-L6-v2, w 1) | smoke | 3 |" in md
+    assert len(list((out / "figures").glob("*.png"))) == 2 * len(models)

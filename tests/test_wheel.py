@@ -84,3 +84,27 @@ def test_installed_cli(venv, tmp_path):
         r = subprocess.run([cdb, "fetch", "perov_5", "--split", "val", "--no-download", "--mirror", mirror,
                             "--cache-dir", str(tmp_path / "cache")], cwd=tmp_path, capture_output=True, text=True)
         assert r.returncode == 0 and "3787 rows" in r.stdout, r.stdout + r.stderr
+
+
+def test_installed_cli_trains_samples_reproduces(venv, tmp_path):
+    """The jobs of chapter 90 from the wheel alone (no nbs/, no ci/): train, sample from the checkpoint, reproduce.
+    (tests/test_cli.py checks the bad arguments in-process; one here, from the installed script.)"""
+    import os
+    cdb = str(venv / "bin" / "cdb")
+    def call(*args):
+        return subprocess.run([cdb, *map(str, args)], cwd=tmp_path, capture_output=True, text=True)
+    r = call("sample", "--checkpoint", tmp_path / "missing.pt", "--formula", "SrTiO3", "--out", tmp_path / "x")
+    assert r.returncode == 2 and "does not exist" in r.stderr, r.stderr
+    if not os.environ.get("CDB_DATA_MIRROR"):
+        pytest.skip("needs the data mirror (CDB_DATA_MIRROR)")
+    r = call("train", "--dataset", "perov_5", "--model", "kldm", "--preset", "smoke", "--epochs", "1",
+             "--out", tmp_path / "run", "--quiet", "--threads", "1")
+    assert r.returncode == 0 and "steps 8, epochs 1" in r.stdout, r.stdout + r.stderr
+    r = call("sample", "--checkpoint", tmp_path / "run" / "model.pt", "--formula", "SrTiO3", "-n", "2", "--steps", "20",
+             "--out", tmp_path / "cifs")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "cifs").glob("*.cif")) == ["SrTiO3_0.cif", "SrTiO3_1.cif"]
+    r = call("reproduce", "--models", "kldm", "--preset", "smoke", "--epochs", "1", "--n-test", "2",
+             "--out", tmp_path / "rep", "--quiet")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "| KLDM | smoke | 1 | diffcsp | 1 | 2 |" in (tmp_path / "rep" / "results.md").read_text()
