@@ -133,6 +133,17 @@ class KLDM(CrystalModel):
         self.lat_fitted.fill_(True)
         return self
 
+    def fit_data(self,
+                 train_data,   # training crystals (list-like of Data)
+                ):             # self
+        "The trainer's hook (`CrystalModel.fit_data`, chapter 50): fit the lattice statistics on the training crystals."
+        return self.fit_lattice_stats(list(train_data))
+
+    @property
+    def data_fitted(self) -> bool:   # True once the lattice statistics are fitted or loaded from a checkpoint
+        "Whether the lattice statistics are in place."
+        return bool(self.lat_fitted)
+
     @property
     def lattice_stats(self) -> LatticeLatentStats:
         "The lattice statistics as a `LatticeLatentStats` (ValueError before `fit_lattice_stats`)."
@@ -183,10 +194,19 @@ class KLDM(CrystalModel):
                 latent,      # (n_crystals, 6) noisy lattice latent
                 index,       # (n_atoms,) crystal of each atom
                 edge_index,  # (2, E) edges without self-loops
+                cond=None,   # optional (n_crystals, cond_dim) per-crystal condition (network.cond_dim > 0; chapter 62)
                ) -> dict:    # coord (n_atoms, 3); lattice (n_crystals, 6): x̂_0; types (n_atoms, 100) logits (DNG)
         "One network call; the network sees pos/2π and v/2π (method reference §2.1)."
         dt = self.dtype
-        return self.net(tau, types_in, (pos / TWO_PI).to(dt), latent.to(dt), index, edge_index, velocity=(vel / TWO_PI).to(dt))
+        return self.net(tau, types_in, (pos / TWO_PI).to(dt), latent.to(dt), index, edge_index, velocity=(vel / TWO_PI).to(dt),
+                        cond=cond)
+
+    def _condition(self,
+                   batch,           # the training batch
+                   generator=None,  # the loss's torch.Generator (for any random draw of the condition)
+                  ):                # None: KLDM is unconditional; a conditioned subclass returns (n_crystals, cond_dim)
+        "Per-crystal condition of a training batch for the network (a hook for conditioned subclasses)."
+        return None
 
     def loss(self,
              batch,              # a PyG Batch of crystals (data.collate)
@@ -222,7 +242,7 @@ class KLDM(CrystalModel):
         else:
             types_in = batch.atom_types.to(dev)
         out = self.denoise(tau.to(self.dtype), types_in, s.f_t, s.v_t, l_t, index,
-                           self._edges(num_atoms, getattr(batch, "edge_index", None)))
+                           self._edges(num_atoms, getattr(batch, "edge_index", None)), cond=self._condition(batch, generator))
         terms = {"v": ((out["coord"] - target.to(self.dtype)) ** 2).mean(),
                  "l": ((out["lattice"] - l0.to(self.dtype)) ** 2).mean()}
         w = {"v": c.weight_v, "l": c.weight_l}
