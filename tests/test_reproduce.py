@@ -139,3 +139,25 @@ def test_smoke_reproduce_end_to_end(tmp_path):
     assert "| DiffCSP | 1 | 52.02 | 0.0760 | U |" in md and "| KLDM | smoke | 3 |" in md and "| DiffCSP | smoke | 3 |" in md
     assert "| TGDMat (short prompt: all fields, all-MiniLM-L6-v2, w 1) | smoke | 3 |" in md
     assert len(list((out / "figures").glob("*.png"))) == 2 * len(models)
+
+
+def test_collect_results_record(tmp_path):
+    "ci/collect_results.py keeps the tabulated fields of finished runs and refuses a run without results.json."
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("collect_results", Path(__file__).resolve().parents[1] / "ci" / "collect_results.py")
+    cr = importlib.util.module_from_spec(spec); spec.loader.exec_module(cr)
+    run = tmp_path / "run-a"; run.mkdir()
+    (run / "results.json").write_text(json.dumps({"model": "kldm", "match_rate": 0.5, "n_test": 10, "figures": ["x.png"]}))
+    out = tmp_path / "rec.json"
+    assert cr.main([str(out), str(run)]) == 0
+    rec = json.loads(out.read_text())["runs"]
+    assert rec == [{"run_id": "run-a", "model": "kldm", "n_test": 10, "match_rate": 0.5}]
+    assert cr.main([str(out), str(tmp_path / "missing")]) == 2
+
+
+def test_committed_cpu_record_is_complete():
+    "The committed record the Experiments chapter plots holds every run it tabulates, each on 500 test crystals."
+    rec = json.loads((Path(__file__).resolve().parents[1] / "ci" / "results" / "perov_5-cpu.json").read_text())["runs"]
+    ids = {r["run_id"] for r in rec}
+    assert {"kldm-perov_5-cpu-s0", "diffcsp-perov_5-cpu-s0", "tgdmat-no-text"} <= ids
+    assert all(r["n_test"] == 500 and 0 <= r["match_rate"] <= 1 for r in rec)
