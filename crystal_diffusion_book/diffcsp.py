@@ -66,6 +66,10 @@ class DiffCSPConfig:
             if getattr(self, name) < 0: raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")
         if self.step_lr is not None and not self.step_lr > 0:
             raise ValueError(f"step_lr must be positive or None, got {self.step_lr}")
+        self._check_network()
+
+    def _check_network(self):
+        "DiffCSP's network for the task (a subclass with another network overrides this check)."
         net = self.network
         if net.time_embedding != "sinusoidal" or net.velocity_input or net.lattice_latent_dim or net.mask_token or net.cond_dim:
             raise ValueError("network must be a DiffCSP CSPNetConfig (sinusoidal time, no velocity, matrix lattice, no mask token, no condition)")
@@ -123,12 +127,12 @@ class DiffCSP(CrystalModel):
         "The network's predictions: normalised negative coordinate score, lattice noise (and type noise)."
         return self.net(t, types_in, frac, lattice, index, edge_index)
 
-    def loss(self,
-             batch,                # a PyG Batch of crystals (data.collate)
-             t=None,               # optional (n_crystals,) long times; drawn uniformly from 1..T if None
-             generator=None,       # torch.Generator for t and the noise
-            ) -> dict:             # "coord", "lattice" ("type" in DNG) mean squared errors and the weighted "loss"
-        "DiffCSP's training loss of a batch (method reference §1.1, §1.4)."
+    def noise_batch(self,
+                    batch,                # a PyG Batch of crystals (data.collate)
+                    t=None,               # optional (n_crystals,) long times; drawn uniformly from 1..T if None
+                    generator=None,       # torch.Generator for t and the noise
+                   ) -> dict:             # t, index, edge_index, L_t, eps_L, frac_t, target_F
+        "Draw t, noise the lattice (DDPM) and the coordinates (wrapped normal), and build the coordinate target."
         c, dtype = self.config, self.dtype
         dev = self.sigmas.device
         frac0 = batch.frac_coords.to(device=dev, dtype=dtype)                  # (n_atoms, 3)
@@ -148,15 +152,27 @@ class DiffCSP(CrystalModel):
         eps_F = randn(*frac0.shape)
         frac_t = mod1(frac0 + sigma * eps_F)                                   # (n_atoms, 3)
         target_F = -wn_score(sigma * eps_F, sigma) / self.sqrt_lambda[t].to(dtype)[index, None]   # -score/√λ
+        return {"t": t, "index": index, "edge_index": self._edges(num_atoms, getattr(batch, "edge_index", None)),
+                "L_t": L_t, "eps_L": eps_L, "frac_t": frac_t, "target_F": target_F}
+
+    def loss(self,
+             batch,                # a PyG Batch of crystals (data.collate)
+             t=None,               # optional (n_crystals,) long times; drawn uniformly from 1..T if None
+             generator=None,       # torch.Generator for t and the noise
+            ) -> dict:             # "coord", "lattice" ("type" in DNG) mean squared errors and the weighted "loss"
+        "DiffCSP's training loss of a batch (method reference §1.1, §1.4)."
+        c, dtype, dev = self.config, self.dtype, self.sigmas.device
+        nb = self.noise_batch(batch, t, generator)
+        t, index = nb["t"], nb["index"]
         if c.task == "dng":
             A0 = nn.functional.one_hot(batch.atom_types.to(dev) - 1, c.network.num_types).to(dtype)   # (n_atoms, 100)
-            eps_A = randn(*A0.shape)
+            eps_A = torch.randn(*A0.shape, generator=generator, device=dev, dtype=dtype)
             types_in = self.lattice_schedule.q_sample(A0, t[index], eps_A)
         else:
             types_in = batch.atom_types.to(dev)
-        out = self.denoise(t, types_in, frac_t, L_t, index, self._edges(num_atoms, getattr(batch, "edge_index", None)))
-        terms = {"lattice": ((out["lattice"] - eps_L) ** 2).mean(),
-                 "coord": ((out["coord"] - target_F) ** 2).mean()}
+        out = self.denoise(t, types_in, nb["frac_t"], nb["L_t"], index, nb["edge_index"])
+        terms = {"lattice": ((out["lattice"] - nb["eps_L"]) ** 2).mean(),
+                 "coord": ((out["coord"] - nb["target_F"]) ** 2).mean()}
         total = c.cost_lattice * terms["lattice"] + c.cost_coord * terms["coord"]
         if c.task == "dng":
             terms["type"] = ((out["types"] - eps_A) ** 2).mean()
@@ -184,6 +200,8 @@ class DiffCSP(CrystalModel):
                        denoiser=None,           # replaces `self.denoise` (same signature); for exact-score tests
                        trajectory_every: int | None = None,  # keep every k-th step (None: about 50 frames)
                        dtype=None,              # working dtype (None: the network's)
+                       type_process=None,       # replaces the type diffusion (TGDMat): start(n_atoms, generator),
+                                                # input(state), step(state, out, t, k, generator), decode(state) -> Z
                       ) -> dict:                # frac (n_atoms, 3), lattice (n_crystals, 3, 3), types (n_atoms,), index [, trajectory]
         "DiffCSP's predictor–corrector sampler (method reference §1.3), batched over crystals."
         c = self.config
@@ -208,17 +226,19 @@ class DiffCSP(CrystalModel):
         # prior: F ~ U[0,1)^3, L ~ N(0, I), one-hot types ~ N(0, I)
         frac = torch.rand(n_at, 3, generator=generator, device=dev, dtype=dtype)
         lattice = randn(n_cr, 3, 3)
-        dng = c.task == "dng"
+        dng = c.task == "dng" and type_process is None
         A = randn(n_at, c.network.num_types) if dng else None
         fixed_types = spec.atom_types.to(dev)
         decode = (lambda A: A.argmax(-1) + 1) if dng else (lambda A: fixed_types)
+        if type_process is not None:                                           # a discrete type process instead
+            A, decode = type_process.start(n_at, generator), type_process.decode
         every = trajectory_every or max(1, len(ts) // 50)
         frames = {"frac": [frac.clone()], "lattice": [lattice.clone()], "types": [decode(A)], "t": [c.T + 1]}
         S = len(ts)
         for i in range(S):
             t, tp = int(ts[i]), int(prev[i])
             tt = torch.full((n_cr,), t, dtype=torch.long, device=dev)
-            types_in = A if dng else fixed_types
+            types_in = type_process.input(A) if type_process is not None else (A if dng else fixed_types)
             s_t, s_p = sig[t], sig[tp]
             last = i == S - 1
             if method == "pc":   # corrector: one Langevin step on the coordinates at fixed t
@@ -235,6 +255,8 @@ class DiffCSP(CrystalModel):
             lattice = sched.ancestral_step(lattice, out["lattice"], k, randn(n_cr, 3, 3))
             if dng:
                 A = sched.ancestral_step(A, out["types"], k, randn(*A.shape))
+            elif type_process is not None:
+                A = type_process.step(A, out, t, k, generator)
             if return_trajectory and ((i + 1) % every == 0 or last):
                 frames["frac"].append(frac.clone()); frames["lattice"].append(lattice.clone())
                 frames["types"].append(decode(A)); frames["t"].append(tp)
