@@ -154,3 +154,20 @@ def test_float32_and_float64():
         out = m.sample_tensors(spec_from_formulas("NaCl", 2), n_steps=3, generator=torch.Generator().manual_seed(0))
         assert out["frac"].dtype == dtype and out["lattice"].dtype == dtype
         assert bool(((out["frac"] >= 0) & (out["frac"] < 1)).all())
+
+
+@pytest.mark.parametrize("n_steps", [100, 1000])
+def test_lattice_sampler_recovers_a_point_mass_with_the_exact_noise(n_steps):
+    "With the exact ε of a one-lattice data distribution, the ancestral lattice steps (full or respaced) must land on it."
+    from crystal_diffusion_book.model import CompositionSpec
+    m = DiffCSP(DiffCSPConfig.make(network=dict(hidden_dim=16, num_layers=1, num_freqs=4, time_dim=8), dataset="perov_5")).double()
+    L0 = torch.tensor([[3.9, 0, 0], [0, 4.1, 0], [0.2, 0, 4.0]], dtype=torch.float64)
+    ab = m.lattice_schedule.alpha_bars
+
+    def exact(t, types_in, frac, lattice, index, edge_index):
+        a = ab[t].to(lattice)[:, None, None]
+        return {"coord": torch.zeros_like(frac), "lattice": (lattice - a.sqrt() * L0) / (1 - a).sqrt()}
+
+    spec = CompositionSpec(torch.full((10,), 8), torch.full((2,), 5))
+    out = m.sample_tensors(spec, n_steps=n_steps, denoiser=exact, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    assert (out["lattice"] - L0).abs().max().item() < 1e-10
