@@ -226,7 +226,7 @@ def sample_spec(
 def _cmd_sample(a):
     "Sample crystals from a checkpoint and write CIF files."
     import torch
-    from crystal_diffusion_book.model import load_model
+    from crystal_diffusion_book.model import load_model, write_cifs
     out = Path(a.out)
     if out.exists() and not out.is_dir(): raise ValueError(f"--out {out} exists and is not a folder")
     if a.guidance is not None and not (a.guidance >= 0 and a.guidance < float("inf")):
@@ -244,13 +244,7 @@ def _cmd_sample(a):
     with _job(f"cdb sample ({type(model).__name__})"):
         gen = torch.Generator(device=model.device).manual_seed(a.seed)
         structures = model.sample(spec, n_steps=a.steps, generator=gen, **kw)
-        from pymatgen.io.cif import CifWriter
-        out.mkdir(parents=True, exist_ok=True)
-        n_bad = 0
-        for label, s in zip(spec.labels, structures):
-            if s is None:
-                n_bad += 1; continue
-            (out / f"{label}.cif").write_text(str(CifWriter(s)))
+        n_bad = write_cifs(structures, spec.labels, out)
     print(f"wrote {len(structures) - n_bad} CIF file(s) to {out}" + (f"; {n_bad} sample(s) could not be built" if n_bad else ""))
     return 1 if n_bad else 0
 

@@ -6,8 +6,8 @@ Docs: https://crystal-diffusion-book.github.io/crystal-diffusion-book/model.html
 
 # %% auto #0
 __all__ = ['CompositionSpec', 'parse_formula', 'spec_from_formulas', 'spec_from_batch', 'structures_from_tensors',
-           'config_to_dict', 'config_from_dict', 'Trajectory', 'CrystalModel', 'load_model', 'generate_main',
-           'UniformBaselineConfig', 'UniformBaseline']
+           'config_to_dict', 'config_from_dict', 'Trajectory', 'CrystalModel', 'load_model', 'write_cifs',
+           'generate_main', 'UniformBaselineConfig', 'UniformBaseline']
 
 # %% ../nbs/31_model.ipynb #100481e1
 import argparse
@@ -342,6 +342,24 @@ def _generate_parser():
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     return p
 
+def write_cifs(
+    structures,            # list of pymatgen Structures, None where a sample could not be built
+    labels,                # one file stem per structure
+    out,                   # folder for the files (created)
+) -> int:                  # how many structures were None (no file written for them)
+    "Write `<label>.cif` for every built structure; return the number of unbuildable samples."
+    from pymatgen.io.cif import CifWriter
+    if len(labels) != len(structures):
+        raise ValueError(f"labels must hold one entry per structure ({len(structures)}), got {len(labels)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    n_bad = 0
+    for label, s in zip(labels, structures):
+        if s is None:
+            n_bad += 1; continue
+        (out / f"{label}.cif").write_text(str(CifWriter(s)))
+    return n_bad
+
 def generate_main(
     argv=None,             # command-line arguments without the program name (default: sys.argv[1:])
 ) -> int:                  # exit code: 0 ok, 1 some samples unbuildable, 2 bad arguments
@@ -372,13 +390,7 @@ def generate_main(
         structures = model.sample(spec, n_steps=args.steps, method=args.method, generator=gen)
     except ValueError as e:
         return fail(str(e))
-    from pymatgen.io.cif import CifWriter
-    out.mkdir(parents=True, exist_ok=True)
-    n_bad = 0
-    for label, s in zip(spec.labels, structures):
-        if s is None:
-            n_bad += 1; continue
-        (out / f"{label}.cif").write_text(str(CifWriter(s)))
+    n_bad = write_cifs(structures, spec.labels, out)
     print(f"wrote {len(structures) - n_bad} CIF file(s) to {out}" + (f"; {n_bad} sample(s) could not be built" if n_bad else ""),
           file=sys.stderr)
     return 1 if n_bad else 0

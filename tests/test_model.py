@@ -115,3 +115,14 @@ def test_spec_cond_is_checked_and_carried():
         CompositionSpec(torch.tensor([3, 8, 8]), torch.tensor([1, 2]), cond=torch.zeros(3, 4))
     with pytest.raises(ValueError, match="cond must be a float tensor"):
         CompositionSpec(torch.tensor([3, 8, 8]), torch.tensor([1, 2]), cond=torch.zeros(2, 4, dtype=torch.long))
+
+
+def test_write_cifs_counts_unbuildable_and_checks_labels(tmp_path):
+    "One CIF per built structure, None counted, labels must match the structures."
+    from crystal_diffusion_book.model import write_cifs
+    s = Structure([[4, 0, 0], [0, 4, 0], [0, 0, 4]], ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    assert write_cifs([s, None, s], ["a", "b", "c"], tmp_path / "out") == 1
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.cif", "c.cif"]
+    assert Structure.from_file(tmp_path / "out" / "a.cif").composition.reduced_formula == "NaCl"
+    with pytest.raises(ValueError, match="labels must hold one entry per structure"):
+        write_cifs([s], ["a", "b"], tmp_path / "x")
