@@ -8,7 +8,7 @@ Docs: https://crystal-diffusion-book.github.io/crystal-diffusion-book/text.html.
 __all__ = ['PROMPT_HEAD', 'PROMPT_TAIL', 'TEMPLATE_VERSION', 'SENTENCES', 'DATASET_FIELDS', 'STRUCTURAL_FIELDS', 'MINILM',
            'crystal_attributes', 'short_prompt', 'long_description', 'read_cache', 'cache_key', 'describe_structures',
            'describe_split', 'minilm_path', 'TextEncoder', 'embed_texts', 'ProjectionHead', 'attach_text_embeddings',
-           'text_dataset', 'TextConditioner', 'cfg_combine']
+           'text_dataset', 'TextConditioner', 'cfg_combine', 'guided_denoiser']
 
 # %% ../nbs/60_text.ipynb #802e09ea
 import hashlib
@@ -559,3 +559,17 @@ def cfg_combine(
     if scale == 0: return dict(uncond_out)
     return {k: (u + scale * (cond_out[k] - u)) if torch.is_tensor(u) and u.is_floating_point() else cond_out[k]
             for k, u in uncond_out.items()}
+
+def guided_denoiser(
+    denoise,              # callable(*args, cond=...) -> dict of outputs (a model's `denoise`)
+    cond,                 # the projected text condition, (n_crystals, d)
+    null,                 # the null condition ∅, (n_crystals, d)
+    scale: float,         # guidance scale w
+):                        # callable(*args) -> dict: one network call for w = 0 or 1, two otherwise
+    "A sampler's denoiser with classifier-free guidance: `cfg_combine` of the conditional and null calls."
+    def guided(*args):
+        if scale == 1: return denoise(*args, cond=cond)
+        out_u = denoise(*args, cond=null)
+        if scale == 0: return out_u
+        return cfg_combine(denoise(*args, cond=cond), out_u, scale)
+    return guided

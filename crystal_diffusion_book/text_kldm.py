@@ -16,7 +16,7 @@ import torch
 from .cspnet import CSPNetConfig, kldm_config
 from .kldm import KLDM, KLDMConfig
 from .model import CompositionSpec
-from .text import TextConditioner, cfg_combine
+from .text import TextConditioner, guided_denoiser
 
 # %% ../nbs/62_text_kldm.ipynb #4eb7a549
 @dataclass
@@ -114,13 +114,7 @@ def _text_kldm_sample_tensors(self,
     if "denoiser" in kw: raise ValueError("denoiser cannot be given to TextKLDM.sample_tensors (it builds the guided one)")
     cond, null = self.conditions(spec, w)
     if cond is None: w = 0.0                     # no text: the null condition is the whole model
-    def guided(tau, types_in, pos, vel, lat, index, edge_index):
-        if w == 1: return self.denoise(tau, types_in, pos, vel, lat, index, edge_index, cond=cond)
-        out_u = self.denoise(tau, types_in, pos, vel, lat, index, edge_index, cond=null)
-        if w == 0: return out_u
-        out_c = self.denoise(tau, types_in, pos, vel, lat, index, edge_index, cond=cond)
-        return cfg_combine(out_c, out_u, w)
     return KLDM.sample_tensors(self, spec, n_steps=n_steps, method=method, generator=generator,
-                               return_trajectory=return_trajectory, denoiser=guided, **kw)
+                               return_trajectory=return_trajectory, denoiser=guided_denoiser(self.denoise, cond, null, w), **kw)
 
 TextKLDM.sample_tensors = _text_kldm_sample_tensors

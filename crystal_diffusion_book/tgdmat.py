@@ -19,7 +19,7 @@ from .cspnet import CSPNetConfig
 from .d3pm import D3PM
 from .diffcsp import DiffCSP, DiffCSPConfig
 from .model import CompositionSpec
-from .text import TextConditioner, cfg_combine
+from .text import TextConditioner, guided_denoiser
 
 # %% ../nbs/61_tgdmat.ipynb #3929d4c6
 TYPE_SCHEDULES = ("tgdmat", "cosine", "linear")   # ᾱ_t of the type D3PM (chapter 15)
@@ -292,11 +292,7 @@ class TGDMat(DiffCSP):
         finally:
             self.conditioner.train(was)
 
-        def guided(t, types_in, frac, lattice, index, edge_index):           # DiffCSP's denoiser signature
-            if w == 1: return self.denoise(t, types_in, frac, lattice, index, edge_index, cond=cond)
-            if w == 0: return self.denoise(t, types_in, frac, lattice, index, edge_index, cond=null)
-            return cfg_combine(self.denoise(t, types_in, frac, lattice, index, edge_index, cond=cond),
-                               self.denoise(t, types_in, frac, lattice, index, edge_index, cond=null), w)
+        guided = guided_denoiser(self.denoise, cond, null, w)                 # DiffCSP's denoiser signature
 
         types = None
         if c.task == "dng":
