@@ -9,7 +9,7 @@ __all__ = ['PRESETS', 'MODELS', 'TEXT_MODELS', 'TRAIN_REFERENCE', 'PUBLISHED_CSP
            'DEGENERATE_LENGTH', 'RunPreset', 'get_preset', 'default_p_uncond', 'build_model', 'train_config',
            'prompt_fields_for', 'PublishedNumber', 'published', 'run_label', 'results_table', 'environment',
            'test_indices', 'text_rows', 'load_csp_data', 'drop_degenerate', 'sample_csp', 'loss_figure',
-           'crystals_figure', 'run_csp', 'write_results']
+           'crystals_figure', 'write_progress', 'run_csp', 'write_results']
 
 # %% ../nbs/70_reproduce_csp.ipynb #80a40b81
 import json
@@ -449,6 +449,19 @@ def crystals_figure(
     fig.tight_layout()
     return fig
 
+# %% ../nbs/70_reproduce_csp.ipynb #b8e4d3f2
+def write_progress(
+    out_dir,                 # the run's folder
+    stage: str,              # "data", "train", "sampling", "scoring" or "done"
+    **info,                  # what a progress bar needs for the stage, e.g. epochs=100, n_test=20
+) -> Path:                   # the progress file, out_dir/progress.json
+    "Record the stage a run has reached in `out_dir/progress.json`, atomically (write a temporary file, rename)."
+    path = Path(out_dir) / "progress.json"
+    tmp = path.with_name(f".progress.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"stage": stage, "time": time.time(), **info}, default=str))
+    os.replace(tmp, path)
+    return path
+
 # %% ../nbs/70_reproduce_csp.ipynb #875fae4a
 def run_csp(
     dataset: str = "perov_5",        # benchmark split to train and test on
@@ -491,6 +504,7 @@ def run_csp(
     if run.threads: torch.set_num_threads(run.threads)
     out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix=f"reproduce_{model}_"))
     out.mkdir(parents=True, exist_ok=True)
+    write_progress(out, "data")
     env = environment()
     log(f"model = {model}, dataset = {dataset}, preset = {run.name}, seed = {seed}, out_dir = {out}")
     log(json.dumps(env))
@@ -517,6 +531,7 @@ def run_csp(
     log(cfg)
 
     t0 = time.perf_counter()
+    write_progress(out, "train", epochs=cfg.epochs)
     res = train(net, train_data, val_data, cfg, out_dir=out / "train", resume=resume)
     train_seconds = time.perf_counter() - t0
     steps = pd.read_csv(res["steps_csv"])
@@ -527,10 +542,12 @@ def run_csp(
         f"validation loss {val_before:.4f} -> {val_after:.4f}")
 
     t0 = time.perf_counter()
+    write_progress(out, "sampling", n_test=len(test_data))
     preds = sample_csp(net, test_data, run, seed, guidance_scale if is_text else None)
     sample_seconds = time.perf_counter() - t0
     scored, n_degenerate = drop_degenerate(preds)
     t0 = time.perf_counter()
+    write_progress(out, "scoring", n_test=len(test_data))
     metric = csp_metrics(scored, test_data, protocol=run.protocol)
     metric_seconds = time.perf_counter() - t0
     n_same = sum(p is not None and p.composition.reduced_formula == data_to_structure(t).composition.reduced_formula
@@ -570,6 +587,7 @@ def run_csp(
             plt.close(fig)
             results["figures"].append(str(out / name))
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    write_progress(out, "done", match_rate=metric.match_rate)
     if not return_objects: return results
     return results, SimpleNamespace(model=net, run=run, train_config=cfg, train_data=train_data, val_data=val_data,
                                     test_data=test_data, preds=preds, scored=scored, metric=metric, steps=steps,
