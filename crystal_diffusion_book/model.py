@@ -6,8 +6,8 @@ Docs: https://crystal-diffusion-book.github.io/crystal-diffusion-book/model.html
 
 # %% auto #0
 __all__ = ['CompositionSpec', 'parse_formula', 'spec_from_formulas', 'spec_from_batch', 'structures_from_tensors',
-           'config_to_dict', 'config_from_dict', 'Trajectory', 'CrystalModel', 'load_model', 'write_cifs',
-           'generate_main', 'UniformBaselineConfig', 'UniformBaseline']
+           'config_to_dict', 'config_from_dict', 'Trajectory', 'CrystalModel', 'load_model', 'distinct_labels',
+           'write_cifs', 'generate_main', 'UniformBaselineConfig', 'UniformBaseline']
 
 # %% ../nbs/31_model.ipynb #100481e1
 import argparse
@@ -342,22 +342,42 @@ def _generate_parser():
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     return p
 
+def distinct_labels(
+    labels,                # file stems, e.g. spec_from_formulas' ["SrTiO3_0", "SrTiO3_0"] for a repeated formula
+) -> list:                 # the same stems where unique; a repeat of `<stem>_<k>` takes the next free k
+    "File stems made distinct, so that a repeated formula never writes over its own first sample."
+    import re
+    taken, seen, out = set(labels), set(), []
+    for label in labels:
+        if label in seen:
+            m = re.match(r"^(.*)_(\d+)$", label)
+            stem, k = (m[1], int(m[2])) if m else (label, 0)
+            while f"{stem}_{k}" in taken: k += 1
+            label = f"{stem}_{k}"
+            taken.add(label)
+        seen.add(label)
+        out.append(label)
+    return out
+
 def write_cifs(
     structures,            # list of pymatgen Structures, None where a sample could not be built
-    labels,                # one file stem per structure
+    labels,                # one distinct file stem per structure
     out,                   # folder for the files (created)
 ) -> int:                  # how many structures were None (no file written for them)
-    "Write `<label>.cif` for every built structure; return the number of unbuildable samples."
+    "Write `<label>.cif` for every built structure, never over an existing file; return the number of unbuildable samples."
     from pymatgen.io.cif import CifWriter
     if len(labels) != len(structures):
         raise ValueError(f"labels must hold one entry per structure ({len(structures)}), got {len(labels)}")
+    dup = sorted({l for l in labels if list(labels).count(l) > 1})
+    if dup: raise ValueError(f"labels must be distinct (one file each), got repeats {dup[:3]}: see distinct_labels")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     n_bad = 0
     for label, s in zip(labels, structures):
         if s is None:
             n_bad += 1; continue
-        (out / f"{label}.cif").write_text(str(CifWriter(s)))
+        with open(out / f"{label}.cif", "x") as f:     # "x": FileExistsError rather than overwrite
+            f.write(str(CifWriter(s)))
     return n_bad
 
 def generate_main(
@@ -376,21 +396,31 @@ def generate_main(
     formulas = [f.strip() for arg in args.formula for f in arg.split(",") if f.strip()]
     out = Path(args.out)
     if out.exists() and not out.is_dir(): return fail(f"--out {out} exists and is not a folder")
+    for name in ("formula_units", "steps", "threads"):
+        v = getattr(args, name)
+        if v is not None and v < 1: return fail(f"--{name.replace('_', '-')} must be a positive integer, got {v}")
     try:
         spec = spec_from_formulas(formulas, args.n_samples, args.formula_units)
     except ValueError as e:
         return fail(str(e))
+    labels = distinct_labels(spec.labels)
+    taken = [l for l in labels if (out / f"{l}.cif").exists()]
+    if taken: return fail(f"--out {out} already holds {taken[0]}.cif: choose another folder, or move the files away")
     if args.threads: torch.set_num_threads(args.threads)
     try:
         model = load_model(args.checkpoint)
     except (FileNotFoundError, ValueError) as e:
         return fail(str(e))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return fail(f"--out {out} cannot be created ({e.strerror or type(e).__name__})")
     gen = torch.Generator(device=model.device).manual_seed(args.seed)
     try:
         structures = model.sample(spec, n_steps=args.steps, method=args.method, generator=gen)
     except ValueError as e:
         return fail(str(e))
-    n_bad = write_cifs(structures, spec.labels, out)
+    n_bad = write_cifs(structures, labels, out)
     print(f"wrote {len(structures) - n_bad} CIF file(s) to {out}" + (f"; {n_bad} sample(s) could not be built" if n_bad else ""),
           file=sys.stderr)
     return 1 if n_bad else 0

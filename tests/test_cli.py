@@ -41,7 +41,7 @@ def run(*argv):
     (["sample", "--checkpoint", "{d}/missing.pt", "--formula", "SrTiO3", "--atoms", "5", "--out", "{d}/c"], "not allowed"),
     (["sample", "--checkpoint", "{d}/missing.pt", "--out", "{d}/c"], "--formula --atoms"),
     (["reproduce", "--models", "kldm,cdvae", "--out", "{d}"], "cdvae"),
-    (["reproduce", "--preset", "smoke", "--n-test", "0", "--out", "{d}"], "n_test"),
+    (["reproduce", "--preset", "smoke", "--n-test", "0", "--out", "{d}"], "--n-test"),
     (["describe", "--dataset", "perov_5", "--fields", "band_gap"], "--fields"),
     (["describe", "--dataset", "perov_5", "--limit", "0"], "--limit"),
 ])
