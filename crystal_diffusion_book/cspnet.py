@@ -144,28 +144,47 @@ class CSPLayer(nn.Module):
                 src,           # sending atom j of each edge, (n_edges,)
                 dst,           # receiving atom i of each edge, (n_edges,)
                 lat_feat,      # per-crystal lattice features (Gram matrix or latent), (n_crystals, 9 or d)
-                edge_crystal,  # crystal of each edge, (n_edges,)
+                index,         # crystal of each atom, (n_atoms,)
                 psi,           # Fourier features of f_j - f_i, (n_edges, 6K)
                 velocity=None, # fractional velocities, (n_atoms, 3), or None
+                deg=None,      # in-degree of every atom, (n_atoms, 1) float (None: counted here)
                ):              # updated node features, (n_atoms, H)
         "Messages, mean aggregation and the residual node update."
         H, W, b = self.H, self.edge_in.weight, self.edge_in.bias
         hn = self.norm(h)                                             # (n_atoms, H)
         o_l, o_f = 2 * H, 2 * H + self.lat_dim
-        a_i = hn @ W[:, :H].T                                         # (n_atoms, H): once per atom
-        a_j = hn @ W[:, H:o_l].T                                      # (n_atoms, H)
-        a_l = lat_feat @ W[:, o_l:o_f].T                              # (n_crystals, H): once per crystal
-        pre = torch.addmm(b, psi, W[:, o_f:o_f + self.F].T)           # (n_edges, H): the only per-edge product
-        pre = pre + a_i[dst] + a_j[src] + a_l[edge_crystal]
+        a = hn @ torch.cat([W[:, :H], W[:, H:o_l]]).T                 # (n_atoms, 2H): [W_i LN h_i | W_j LN h_j], one product
+        a_i, a_j = a[:, :H], a[:, H:]
+        c = torch.addmm(b, lat_feat, W[:, o_l:o_f].T)                 # (n_crystals, H): W_g g + b, once per crystal
         if self.v_proj is not None:
             w_v = W[:, o_f + self.F:]                                 # (H, 6K)
             a_v = velocity @ (w_v @ self.v_proj.weight).T             # (n_atoms, H): (W_v V) v
-            pre = pre + (a_v[src] - a_v[dst]) + w_v @ self.v_proj.bias
+            c = c + w_v @ self.v_proj.bias
+            a_i, a_j = a_i - a_v, a_j + a_v                           # (W_v V)(v_j - v_i) split between the two ends
+        u = a_i + c.index_select(0, index)                            # (n_atoms, H): all the receiving atom brings
+        pre = torch.addmm(u.index_select(0, dst), psi, W[:, o_f:o_f + self.F].T)   # (n_edges, H): one per-edge product
+        pre = pre + a_j.index_select(0, src)
         m = self.edge_out(pre)                                        # (n_edges, H)
-        agg = scatter(m, dst, dim=0, dim_size=h.shape[0], reduce="mean")   # (n_atoms, H)
+        if deg is None: deg = _in_degree(dst, h.shape[0], m.dtype)
+        agg = torch.zeros_like(hn).index_add_(0, dst, m) / deg        # (n_atoms, H): mean over incoming edges
         return h + self.node_mlp(torch.cat([hn, agg], dim=-1))
 
+def _in_degree(dst, n_atoms, dtype):
+    "Incoming edges of every atom, at least 1, as an (n_atoms, 1) float column (no host sync)."
+    return torch.zeros(n_atoms, dtype=dtype, device=dst.device).index_add_(
+        0, dst, torch.ones_like(dst, dtype=dtype)).clamp_(min=1)[:, None]
+
 # %% ../nbs/30_cspnet.ipynb #06cec0d4
+def _require(
+    ok,             # 0-dim bool tensor
+    message,        # callable returning the error text (only called on failure)
+):
+    "ValueError(message()) unless `ok`; on a GPU or inside torch.compile an asynchronous device assert (no host sync)."
+    if ok.device.type == "cpu" and not torch.compiler.is_compiling():
+        if not bool(ok): raise ValueError(message())
+    else:
+        torch._assert_async(ok, "CSPNet input check failed (self-loops or atom types); rerun on the CPU for the message")
+
 class CSPNet(nn.Module):
     "DiffCSP's periodic E(3)-invariant denoiser, with KLDM's and TGDMat's variants as configuration switches."
     def __init__(self,
@@ -222,9 +241,9 @@ class CSPNet(nn.Module):
         if edge_index.ndim != 2 or edge_index.shape[0] != 2:
             raise ValueError(f"edge_index must have shape (2, n_edges), got {tuple(edge_index.shape)}")
         src, dst = edge_index[0], edge_index[1]
-        n_loops = int((src == dst).sum())
-        if n_loops != (n_atoms if cfg.self_loops else 0):
-            raise ValueError(f"edge_index has {n_loops} self-loops for {n_atoms} atoms but config.self_loops={cfg.self_loops}")
+        loops = (src == dst).sum()                                    # a tensor: checked without a host sync on GPUs
+        _require(loops == (n_atoms if cfg.self_loops else 0),
+                 lambda: f"edge_index has {int(loops)} self-loops for {n_atoms} atoms but config.self_loops={cfg.self_loops}")
         if cfg.lattice_latent_dim:
             if lattice.shape != (n_crystals, cfg.lattice_latent_dim):
                 raise ValueError(f"lattice must have shape (n_crystals, {cfg.lattice_latent_dim}), got {tuple(lattice.shape)}")
@@ -235,8 +254,9 @@ class CSPNet(nn.Module):
             if atom_types.shape != (n_atoms,) or atom_types.is_floating_point():
                 raise ValueError(f"atom_types must be a ({n_atoms},) integer tensor of atomic numbers, got {tuple(atom_types.shape)}")
             n_rows = self.type_embedding.num_embeddings
-            if n_atoms and (int(atom_types.min()) < 1 or int(atom_types.max()) > n_rows):
-                raise ValueError(f"atom_types must be atomic numbers in 1..{n_rows}, got {int(atom_types.min())}..{int(atom_types.max())}")
+            if n_atoms:
+                _require((atom_types.min() >= 1) & (atom_types.max() <= n_rows),
+                         lambda: f"atom_types must be atomic numbers in 1..{n_rows}, got {int(atom_types.min())}..{int(atom_types.max())}")
             h = self.type_embedding(atom_types - 1)                   # class index Z - 1
         else:
             atom_types = torch.as_tensor(atom_types).to(dtype)
@@ -258,9 +278,9 @@ class CSPNet(nn.Module):
             raise ValueError("velocity was given but config.velocity_input = False")
         h = self.node_in(torch.cat(parts, dim=-1))                    # (n_atoms, H)
         psi = fourier_features(frac[src] - frac[dst], cfg.num_freqs)  # (n_edges, 6K), once for all layers
-        edge_crystal = index[dst]                                     # (n_edges,)
+        deg = _in_degree(dst, n_atoms, h.dtype)                       # (n_atoms, 1), once for all layers
         for layer in self.layers:
-            h = layer(h, src, dst, lat_feat, edge_crystal, psi, velocity)
+            h = layer(h, src, dst, lat_feat, index, psi, velocity, deg)
         h = self.final_norm(h)
         coord = self.coord_head(h)                                    # (n_atoms, 3)
         if cfg.center_coord_output:

@@ -6,9 +6,9 @@ Docs: https://crystal-diffusion-book.github.io/crystal-diffusion-book/train.html
 
 # %% auto #0
 __all__ = ['DIFFCSP_BUDGETS', 'PRESETS', 'CHECKPOINT_KEYS', 'EPOCH_COLUMNS', 'TrainConfig', 'preset', 'pick_device',
-           'seed_everything', 'rng_state', 'set_rng_state', 'EpochBatchSampler', 'EMA', 'CheckpointError',
-           'save_checkpoint', 'load_checkpoint', 'LossModule', 'dist_info', 'init_distributed', 'CSVLog',
-           'validation_loss', 'match_rate_validation', 'train']
+           'seed_everything', 'rng_state', 'set_rng_state', 'default_threads', 'EpochBatchSampler', 'FlatCrystals',
+           'EMA', 'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'LossModule', 'dist_info',
+           'init_distributed', 'CSVLog', 'validation_loss', 'match_rate_validation', 'train']
 
 # %% ../nbs/50_train.ipynb #09b54eb9
 import csv
@@ -26,8 +26,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from torch_geometric.data import Batch
+
 from . import __version__
-from .data import make_loader
+from .data import CrystalDataset, fully_connected_edges, make_loader
 from .model import CrystalModel
 
 # %% ../nbs/50_train.ipynb #6115f08a
@@ -63,7 +65,9 @@ class TrainConfig:
     match_procs: int = 1            # worker processes for the structure matcher
     seed: int = 0                   # seeds python, numpy, torch and the batch order
     deterministic: bool = False     # torch.use_deterministic_algorithms (bit-exact CPU resume)
-    threads: int | None = None      # torch CPU threads (None: leave as is)
+    threads: int | None = None      # torch CPU threads (None: `default_threads()`)
+    batching: str = "flat"          # "flat" (index gathers from the whole split as flat tensors) or "pyg" (collate every batch)
+    compile: bool = False           # torch.compile the message-passing layers (dynamic shapes; slow first call)
     device: str | None = None       # "cuda", "cuda:1", "cpu" (None: CUDA when present)
     amp: bool = True                # bf16 autocast on CUDA (never on CPU)
     ckpt_every_steps: int = 0       # also checkpoint every k optimiser steps (0: only at epoch ends)
@@ -94,6 +98,7 @@ class TrainConfig:
         if not 0 < self.plateau_factor < 1: raise ValueError(f"plateau_factor must be in (0, 1), got {self.plateau_factor}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1: raise ValueError(f"ema_decay must be in (0, 1) or None, got {self.ema_decay}")
         if self.threads is not None and self.threads < 1: raise ValueError(f"threads must be positive or None, got {self.threads}")
+        if self.batching not in ("flat", "pyg"): raise ValueError(f"batching must be 'flat' or 'pyg', got {self.batching!r}")
 
 # %% ../nbs/50_train.ipynb #80358aa3
 DIFFCSP_BUDGETS = {   # dataset: (epochs, train batch); DiffCSP conf/data/*.yaml (method reference §1.5)
@@ -177,6 +182,21 @@ def set_rng_state(
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
+# %% ../nbs/50_train.ipynb #b6d36c25
+def default_threads(
+    jobs: int = 1,   # processes that will run side by side (e.g. DDP processes on this machine)
+    cap: int = 4,    # most threads per process
+) -> int:           # torch threads for one process
+    "Threads per process: OMP_NUM_THREADS if set, else the free cores (cores minus load) split over `jobs`, in 1..cap."
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0: return int(env)
+    try: cores = len(os.sched_getaffinity(0))
+    except AttributeError: cores = os.cpu_count() or 1
+    try: busy = int(round(os.getloadavg()[0]))
+    except OSError: busy = 0
+    free = max(cores - busy, 1)
+    return max(1, min(cap, free // max(int(jobs), 1)))
+
 # %% ../nbs/50_train.ipynb #3e17d30e
 class EpochBatchSampler:
     "Batches of dataset indices: a seeded permutation per epoch, cut into global batches, each split over DDP ranks."
@@ -222,6 +242,73 @@ class EpochBatchSampler:
     def __iter__(self):
         for b in self.global_batches(self.epoch)[self.start:]:
             yield b[self.rank::self.world_size]
+
+# %% ../nbs/50_train.ipynb #62aca644
+class FlatCrystals:
+    "A fixed list of crystals held as flat tensors plus offsets; a batch is an index gather, equal to `data.collate`'s."
+    def __init__(self,
+                 data,   # list-like of crystal Data (a `CrystalDataset` is read from its store, anything else collated once)
+                ):
+        if isinstance(data, FlatCrystals): data = data.data
+        if len(data) == 0: raise ValueError("data must hold at least one crystal")
+        self.data, first = data, data[0]
+        self.base_cls = type(first)
+        self.keys = [k for k in Batch.from_data_list([first]).keys() if k not in ("batch", "ptr")]   # PyG's order
+        if isinstance(data, CrystalDataset) and set(self.keys) == _store_keys(data):
+            s, n_c = data.store, len(data)
+            crystal = torch.arange(n_c + 1)
+            self.values = {"frac_coords": s["frac_coords"], "atom_types": s["atom_types"], "lattice": s["lattice"],
+                           "lengths": s["lengths"], "angles": s["angles"], "num_atoms": s["num_atoms"],
+                           "material_id": list(s["material_id"]), **s["properties"]}
+            self.slices = {k: (data.ptr if k in CrystalDataset._ATOM else crystal) for k in self.values}
+        else:
+            full = Batch.from_data_list(list(data))     # PyG's own collation, once for the whole split
+            bad = [k for k, v in full._inc_dict.items() if v is not None and bool((v != 0).any())]
+            if bad: raise ValueError(f"fields {bad} are incremented by PyG's collation; use batching='pyg' for such data")
+            self.values = {k: full[k] for k in self.keys if k != "num_nodes"}
+            self.slices = dict(full._slice_dict)
+        self.num_atoms = self.values["num_atoms"]        # (n_crystals,)
+
+    def __len__(self): return len(self.data)
+    def __getitem__(self, i): return self.data[i]      # one crystal Data, as the wrapped list gives it
+
+    def batch(self,
+              idx,              # crystal indices, in batch order
+              self_loops=True,  # edges i -> i included (DiffCSP/TGDMat) or not (KLDM)
+             ):                 # a PyG `Batch` equal in every field (and slice) to `collate([data[i] for i in idx])`
+        "The batch of crystals `idx`: row gathers from the flat tensors, then the same fully connected edges."
+        idx = torch.as_tensor(idx, dtype=torch.long).reshape(-1)
+        if idx.numel() == 0: raise ValueError("idx must hold at least one crystal index")
+        out, B = Batch(_base_cls=self.base_cls), idx.numel()
+        n = self.num_atoms[idx]                             # (B,)
+        slices, incs, rows_of = {}, {}, {}
+        for k in self.keys:
+            if k == "num_nodes": out.num_nodes = int(n.sum()); continue
+            v, sl = self.values[k], self.slices[k]
+            if isinstance(v, list):
+                out[k], slices[k], incs[k] = [v[i] for i in idx.tolist()], torch.arange(B + 1), None
+                continue
+            key = id(sl)
+            if key not in rows_of: rows_of[key] = _gather_ranges(sl, idx)
+            rows, new_sl = rows_of[key]
+            out[k], slices[k], incs[k] = v[rows], new_sl, torch.zeros(B, dtype=torch.long)
+        out.batch = torch.repeat_interleave(torch.arange(B), n)
+        out.ptr = torch.cat([n.new_zeros(1), torch.cumsum(n, 0)])
+        out._num_graphs, out._slice_dict, out._inc_dict = B, slices, incs
+        out.edge_index = fully_connected_edges(n, self_loops=self_loops)
+        return out
+
+def _store_keys(ds):
+    return set(CrystalDataset._ATOM + CrystalDataset._CRYSTAL) | {"material_id", "num_nodes"} | set(ds.store["properties"])
+
+def _gather_ranges(sl, idx):
+    "Rows of the ranges sl[i]:sl[i+1] for i in idx, concatenated, and the new offsets."
+    start, ln = sl[idx], sl[idx + 1] - sl[idx]          # (B,), (B,)
+    if bool((ln == 1).all()): return start, torch.arange(idx.numel() + 1)
+    new = torch.cat([ln.new_zeros(1), torch.cumsum(ln, 0)])
+    rows = torch.arange(int(new[-1])) + torch.repeat_interleave(start - new[:-1], ln)
+    return rows, new
+
 
 # %% ../nbs/50_train.ipynb #09134cb9
 class EMA:
@@ -400,6 +487,25 @@ def _tensorboard(out_dir, enabled):
         return None
 
 # %% ../nbs/50_train.ipynb #80661eac
+class _FlatLoader:
+    "The training batches of `sampler` (per epoch, per rank) gathered from a `FlatCrystals`."
+    def __init__(self, flat, sampler, self_loops): self.flat, self.sampler, self.self_loops = flat, sampler, self_loops
+    def __iter__(self): return (self.flat.batch(b, self.self_loops) for b in self.sampler)
+
+def _batches(data, index_lists, self_loops, batching):
+    "Batches of the given crystal indices: `FlatCrystals` gathers (flat) or `data.collate` (pyg)."
+    from crystal_diffusion_book.data import collate
+    if batching == "flat":
+        flat = data if isinstance(data, FlatCrystals) else FlatCrystals(data)
+        return (flat.batch(ix, self_loops) for ix in index_lists)
+    return (collate([data[i] for i in ix], self_loops=self_loops) for ix in index_lists)
+
+def _compile_layers(model):
+    "torch.compile every CSPNet message-passing layer in place (dynamic shapes: batches of any size, one graph)."
+    from crystal_diffusion_book.cspnet import CSPLayer
+    for m in model.modules():
+        if isinstance(m, CSPLayer): m.compile(dynamic=True)
+
 def _make_optimizer(model, cfg):
     params = [p for p in model.parameters() if p.requires_grad]
     if not params: raise ValueError("model has no trainable parameters")
@@ -432,6 +538,7 @@ def validation_loss(
     batch_size: int = 256,   # crystals per batch
     seed: int = 0,           # seeds the model's noise (inside fork_rng: the global stream is untouched)
     device=None,             # where to compute (None: the model's device)
+    batching: str = "flat",  # "flat" (`FlatCrystals` gathers) or "pyg" (collate every batch); the same batches
 ) -> dict:                   # each loss term averaged over crystals (batch means weighted by batch size)
     "Loss terms of a dataset at a fixed seed, without touching the global random state."
     device = torch.device(device) if device is not None else model.device
@@ -441,8 +548,8 @@ def validation_loss(
     devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        loader = make_loader(data, batch_size=batch_size, shuffle=False, self_loops=_self_loops(model))
-        for batch in loader:
+        for batch in _batches(data, [list(range(i, min(i + batch_size, len(data)))) for i in range(0, len(data), batch_size)],
+                              _self_loops(model), batching):
             terms = model.loss(batch.to(device))
             k = int(batch.num_atoms.numel())
             for name, v in terms.items():
@@ -461,9 +568,9 @@ def match_rate_validation(
     batch_size: int = 256,   # crystals per sampling batch
     protocol: str = "diffcsp",  # `metrics.csp_metrics` protocol
     n_procs: int = 1,        # matcher worker processes
+    batching: str = "flat",  # "flat" (`FlatCrystals` gathers) or "pyg" (collate every batch); the same batches
 ) -> dict:                   # match_rate, rmse, n_sampled, protocol, sample_seconds
     "Sample one structure per validation crystal (CSP) and score the match rate under a named protocol."
-    from crystal_diffusion_book.data import collate
     from crystal_diffusion_book.metrics import csp_metrics
     t0 = time.perf_counter()
     g = torch.Generator().manual_seed(seed)
@@ -471,8 +578,7 @@ def match_rate_validation(
     gts = [data[i] for i in idx]
     gen = torch.Generator(device=model.device).manual_seed(seed)
     preds = []
-    for i in range(0, len(gts), batch_size):
-        batch = collate(gts[i:i + batch_size], self_loops=_self_loops(model))
+    for batch in _batches(data, [idx[i:i + batch_size] for i in range(0, len(idx), batch_size)], _self_loops(model), batching):
         preds += model.sample(batch, n_steps=n_steps, method=method, generator=gen)
     res = csp_metrics(preds, gts, protocol=protocol, n_procs=n_procs)
     return {"match_rate": res.match_rate, "rmse": res.rmse, "n_sampled": len(gts), "protocol": res.protocol.name,
@@ -507,7 +613,7 @@ def train(
     if not isinstance(cfg, TrainConfig): raise ValueError(f"config must be a TrainConfig, got {type(cfg).__name__}")
     threads, determ = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     try:                     # thread count and determinism are process-wide: restore the caller's afterwards
-        if cfg.threads: torch.set_num_threads(cfg.threads)
+        torch.set_num_threads(cfg.threads or default_threads(jobs=int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
         if cfg.deterministic: torch.use_deterministic_algorithms(True)
         return _train(model, train_data, val_data, cfg, out_dir, resume)
     finally:
@@ -526,6 +632,7 @@ def _train(model, train_data, val_data, cfg: TrainConfig, out_dir, resume) -> di
     main = rank == 0
     device = pick_device(cfg.device, local_rank)
     model.to(device).train()
+    if cfg.compile: _compile_layers(model)
     opt = _make_optimizer(model, cfg)
     sched = _make_scheduler(opt, cfg)
     ema = EMA(model, cfg.ema_decay) if cfg.ema_decay is not None else None
@@ -575,8 +682,15 @@ def _train(model, train_data, val_data, cfg: TrainConfig, out_dir, resume) -> di
     sampler = EpochBatchSampler(len(train_data), cfg.batch_size, cfg.seed, rank, world, cfg.drop_last)
     # the loader's own generator: iterating a DataLoader draws a seed, which must not come from the global stream
     # (a resumed epoch would otherwise draw it at a different point than the uninterrupted run did)
-    loader = make_loader(train_data, sampler=sampler, self_loops=_self_loops(model),
-                         generator=torch.Generator().manual_seed(cfg.seed))
+    batching = cfg.batching
+    if batching == "flat":                # the splits as flat tensors, once per run (same batches as PyG's collation)
+        try: train_data, val_data = FlatCrystals(train_data), (FlatCrystals(val_data) if val_data is not None else None)
+        except ValueError as e:
+            warnings.warn(f"batching='flat' is not possible for this data ({e}); collating every batch instead")
+            batching = "pyg"
+    if batching == "flat": loader = _FlatLoader(train_data, sampler, _self_loops(model))
+    else: loader = make_loader(train_data, sampler=sampler, self_loops=_self_loops(model),
+                               generator=torch.Generator().manual_seed(cfg.seed))
     params = [p for p in model.parameters() if p.requires_grad]
     n_per_epoch = len(sampler.global_batches(0))
     total = None
@@ -647,7 +761,8 @@ def _train(model, train_data, val_data, cfg: TrainConfig, out_dir, resume) -> di
         if val_data is not None and cfg.val_every and (epoch + 1) % cfg.val_every == 0:
             v = torch.zeros((), dtype=torch.float64)
             if main:
-                v += validation_loss(model, val_data, cfg.val_batch_size or cfg.batch_size, seed=cfg.seed, device=device)["loss"]
+                v += validation_loss(model, val_data, cfg.val_batch_size or cfg.batch_size, seed=cfg.seed, device=device,
+                                     batching=batching)["loss"]
             if world > 1: dist.broadcast(v, 0)
             val_loss = row["val_loss"] = float(v)
         if main and val_data is not None and cfg.sample_every and (epoch + 1) % cfg.sample_every == 0:
@@ -655,7 +770,7 @@ def _train(model, train_data, val_data, cfg: TrainConfig, out_dir, resume) -> di
             with ctx, torch.random.fork_rng(devices=[device.index] if device.type == "cuda" else []):
                 row.update(match_rate_validation(model, val_data, cfg.sample_n, cfg.seed, cfg.sample_steps,
                                                  cfg.sample_method, cfg.sample_batch_size, cfg.match_protocol,
-                                                 cfg.match_procs))
+                                                 cfg.match_procs, batching))
         if sched is not None:
             monitored = row["train_loss"] if (cfg.plateau_monitor == "train_loss" or val_data is None) else val_loss
             if monitored is not None:
