@@ -9,7 +9,9 @@ Builds a run matrix (one run of nbs/70_reproduce_csp.ipynb per model, plus KLDM'
 executes the matrix with ci/run_matrix.run_matrix (papermill, `--jobs` runs at a time), then writes
 runs/<name>/results.md and results.json (our rows beside the published numbers, with status labels and
 protocols; `reproduce.write_results`) and copies every run's figures to runs/<name>/figures/. Exit status 1 if a
-run failed. `cdb reproduce` runs the same pipeline in-process, without papermill.
+run failed. Each run's stage (data, train epoch k of n with its loss and ETA, sampling, scoring) is shown while
+it executes (tqdm bars on a terminal, a line per stage otherwise; ci/run_matrix.MatrixProgress); `--quiet` prints
+nothing but failures. `cdb reproduce` runs the same pipeline in-process, without papermill.
 """
 from __future__ import annotations
 
@@ -66,7 +68,8 @@ def collect(records: list, dataset: str, run_dir: Path) -> tuple:
     return write_results(rows, dataset, run_dir)
 
 
-def warm_text_caches(dataset: str, preset: str, seed: int, n_test=None, prompt_fields=None, text_kind=None) -> None:
+def warm_text_caches(dataset: str, preset: str, seed: int, n_test=None, prompt_fields=None, text_kind=None,
+                     say=print) -> None:
     "Write the text models' prompts and embeddings into the caches once, before parallel runs read them."
     from crystal_diffusion_book import reproduce as rp
     fields = rp.prompt_fields_for(prompt_fields, dataset)
@@ -75,7 +78,7 @@ def warm_text_caches(dataset: str, preset: str, seed: int, n_test=None, prompt_f
     from crystal_diffusion_book.text import TextEncoder
     run = rp.get_preset(preset, n_test=n_test)
     tr, va, te, _ = rp.load_csp_data(dataset, run, seed, fields, text_kind or "short", TextEncoder())
-    print(f"{dataset}: prompts and embeddings cached for {len(tr)} + {len(va)} + {len(te)} crystals", flush=True)
+    say(f"{dataset}: prompts and embeddings cached for {len(tr)} + {len(va)} + {len(te)} crystals")
 
 
 def main(argv=None) -> int:
@@ -95,7 +98,9 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time")
     ap.add_argument("--out", type=Path, default=ROOT / "runs")
     ap.add_argument("--name", default=None, help="run folder name (default: reproduce-<dataset>-<preset>)")
+    ap.add_argument("--quiet", action="store_true", help="print nothing but failures")
     a = ap.parse_args(argv)
+    say = (lambda *_: None) if a.quiet else (lambda msg: print(msg, flush=True))
     models = [m for s in a.models for m in s.replace(",", " ").split()]
     name = a.name or f"reproduce-{a.dataset}-{a.preset}"
     run_dir = (a.out / name).resolve()
@@ -116,16 +121,16 @@ def main(argv=None) -> int:
     p = get_preset(a.preset)
     for split, lim in (("train", p.n_train), ("val", p.n_val), ("test", None)):
         ds = load_dataset(a.dataset, split, limit=lim, progress=False)
-        print(f"{a.dataset}/{split}: {len(ds)} crystals ready", flush=True)
+        say(f"{a.dataset}/{split}: {len(ds)} crystals ready")
     from crystal_diffusion_book.reproduce import TEXT_MODELS
     if any(m in TEXT_MODELS for m in models):
-        warm_text_caches(a.dataset, a.preset, a.seed, a.n_test, a.prompt_fields, a.text_kind)
+        warm_text_caches(a.dataset, a.preset, a.seed, a.n_test, a.prompt_fields, a.text_kind, say)
     import run_matrix
-    records = run_matrix.run_matrix(matrix, a.out.resolve(), jobs=a.jobs)
+    records = run_matrix.run_matrix(matrix, a.out.resolve(), jobs=a.jobs, progress="off" if a.quiet else "auto")
     md, _ = collect(records, a.dataset, run_dir)
-    print(md)
-    print(f"results: {run_dir / 'results.md'} and {run_dir / 'results.json'}")
-    print(f"executed notebooks: {run_dir}/<run>.ipynb; figures: {run_dir / 'figures'}")
+    say(md)
+    say(f"results: {run_dir / 'results.md'} and {run_dir / 'results.json'}")
+    say(f"executed notebooks: {run_dir}/<run>.ipynb; figures: {run_dir / 'figures'}")
     return 1 if any(r["status"] != "ok" for r in records) else 0
 
 

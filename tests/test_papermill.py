@@ -50,3 +50,76 @@ def test_matrix_parameters_exist_in_the_notebooks():
             names = {t.id for n in ast.parse("".join(cell["source"])).body for t in getattr(n, "targets", [])}
             unknown = set(r.get("parameters", {})) - names
             assert not unknown, f"{f.name}: run {r['id']} passes {sorted(unknown)}, not in {r['notebook']}'s parameters"
+
+
+FAKE_RUN = '''import json, os, time
+from pathlib import Path
+out = Path(out_dir); (out / "train").mkdir(parents=True, exist_ok=True)
+def stage(s, **kw):
+    (out / "p.tmp").write_text(json.dumps({"stage": s, **kw})); os.replace(out / "p.tmp", out / "progress.json")
+stage("data"); time.sleep(pause)
+stage("train", epochs=epochs)
+(out / "train" / "epochs.csv").write_text("epoch,step,train_loss,val_loss\\n")
+for k in range(1, epochs + 1):
+    time.sleep(pause)
+    with open(out / "train" / "epochs.csv", "a") as f:
+        f.write(f"{k},{10 * k},{1 / k:.4f},{2 / k:.4f}\\n")
+time.sleep(pause)
+stage("sampling", n_test=5); time.sleep(pause)
+stage("scoring", n_test=5); time.sleep(pause)
+stage("done")'''
+
+
+def _fake_matrix(tmp_path):
+    "A matrix of one notebook that writes progress.json and train/epochs.csv as run_csp and the trainer do."
+    import nbformat
+    import yaml
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell("out_dir = None\nepochs = 3\npause = 0.8")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(FAKE_RUN)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "python3", "language": "python"}
+    nbformat.write(nb, tmp_path / "fake.ipynb")
+    m = tmp_path / "m.yaml"
+    m.write_text(yaml.safe_dump({"name": "p", "runs": [
+        {"id": "fake", "notebook": str(tmp_path / "fake.ipynb"), "parameters": {"out_dir": str(tmp_path / "out")}}]}))
+    return m
+
+
+def test_matrix_progress_lines_and_quiet(tmp_path, capfd):
+    "The driver shows each stage and training epoch k of n with the loss, read from the run's files; no kernel warnings; quiet is quiet."
+    sys.path.insert(0, str(ROOT / "ci"))
+    import run_matrix
+    m = _fake_matrix(tmp_path)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "progress.json").write_text('{"stage": "done"}')   # a stale record from an earlier run
+    recs = run_matrix.run_matrix(m, tmp_path / "runs", jobs=1, progress="lines", poll=0.1)
+    out, err = capfd.readouterr()
+    assert recs[0]["status"] == "ok", recs
+    lines = [l for l in err.splitlines() if l.startswith("fake: ")]
+    phrases = [l[len("fake: "):] for l in lines]
+    assert phrases[0] == "starting" and "data" in phrases, phrases     # the stale "done" was not shown first
+    assert any(p.startswith("train epoch 2/3, loss 0.5, ETA ") for p in phrases), phrases
+    assert "sampling 5 crystals" in phrases and "scoring 5 crystals" in phrases, phrases
+    assert phrases.index("data") < phrases.index("sampling 5 crystals") < phrases.index("scoring 5 crystals")
+    assert phrases[-1].startswith("ok, ") and phrases[-1].endswith(" s")
+    assert "without encryption" not in err + out and "IPKernelApp" not in err + out
+    run_matrix.run_matrix(m, tmp_path / "runs", jobs=1, progress="off", poll=0.1)
+    out, err = capfd.readouterr()
+    assert out == "" and err == "", (out, err)
+
+
+def test_run_state_reads_the_trainer_log(tmp_path):
+    "run_state: nothing before progress.json exists; the epoch and losses from the last row of epochs.csv while training."
+    sys.path.insert(0, str(ROOT / "ci"))
+    import run_matrix
+    assert run_matrix.run_state(tmp_path) == {} and run_matrix.describe({}) == "starting"
+    (tmp_path / "progress.json").write_text(json.dumps({"stage": "train", "epochs": 100}))
+    assert run_matrix.run_state(tmp_path)["epoch"] == 0     # training started, no epoch finished
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "epochs.csv").write_text("epoch,step,train_loss,val_loss\n1,10,0.9,1.1\n2,20,0.8125,\n")
+    st = run_matrix.run_state(tmp_path)
+    assert (st["epoch"], st["train_loss"], "val_loss" in st) == (2, 0.8125, False)   # an empty cell is left out
+    assert run_matrix.describe(st, eta=3725) == "train epoch 2/100, loss 0.8125, ETA 1:02:05"
+    (tmp_path / "progress.json").write_text("{half")                    # torn write: treated as not yet written
+    assert run_matrix.run_state(tmp_path) == {}

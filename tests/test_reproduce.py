@@ -113,11 +113,15 @@ def test_text_rows_are_the_split_prompts(one_thread):
 
 
 @pytest.mark.skipif(not os.environ.get("CDB_DATA_MIRROR"), reason="needs the data mirror (CDB_DATA_MIRROR)")
-def test_smoke_reproduce_end_to_end(tmp_path):
+def test_smoke_reproduce_end_to_end(tmp_path, capfd):
     sys.path.insert(0, str(ROOT / "ci"))
     import reproduce as drv
     models = ["diffcsp", "kldm", "tgdmat", "kldm-text"]
     rc = drv.main(["--preset", "smoke", "--models", *models, "--out", str(tmp_path), "--jobs", "2"])
+    shown = capfd.readouterr()
+    for m in models:   # the driver showed each run's training epochs (lines: stderr is not a terminal here)
+        assert f"{m}-perov_5-smoke-s0: train epoch " in shown.err, shown.err[-2000:]
+    assert "without encryption" not in shown.err
     out = tmp_path / "reproduce-perov_5-smoke"
     data = json.loads((out / "results.json").read_text())
     assert rc == 0, [r.get("error") for r in data["runs"]]
@@ -126,6 +130,7 @@ def test_smoke_reproduce_end_to_end(tmp_path):
         assert r["status"] == "ok" and r["n_test"] == rp.PRESETS["smoke"].n_test and 0 <= r["match_rate"] <= 1
         assert r["val_loss_after"] < r["val_loss_before"]
         assert (out / f"{r['run_id']}.ipynb").exists()
+        assert json.loads((out / r["run_id"] / "progress.json").read_text())["stage"] == "done"   # run_csp's last stage
         assert r["n_same_composition"] == r["n_test"] and len(list(Path(r["predictions_dir"]).glob("*.cif"))) <= r["n_test"]
     runs = {r["model"]: r for r in data["runs"]}
     assert len({tuple(r["test_rows"]) for r in data["runs"]}) == 1       # every model scored the same crystals
