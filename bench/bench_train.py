@@ -1,119 +1,150 @@
-"""Training throughput of the trainer (`crystal_diffusion_book.train.train`) on Perov-5, CPU.
+"""Training throughput of the trainer (`crystal_diffusion_book.train.train`) on Perov-5, CPU: ours beside today's, one run.
 
 Usage:
-    CDB_DATA_MIRROR=/work/shared/data .venv/bin/python bench/bench_train.py [--models diffcsp,kldm] [--threads N]
-        [--batch 128] [--steps 200] [--limit 2048] [--size cpu]
+    CDB_DATA_MIRROR=../shared/data .venv/bin/python bench/bench_train.py [--models diffcsp,kldm] [--threads 1]
+        [--batch 256] [--steps 45] [--reps 3] [--size cpu]
+    ... bench/bench_train.py --threads-grid [--size cpu|reference] [--steps 10]
 
-For each model it trains `--steps` optimiser steps through `train()` on the first `--limit` crystals of the Perov-5
-train split (the model's own preset: DiffCSP Adam with clipping by value, KLDM AdamW amsgrad without clipping; no
-validation; one checkpoint, at the end: with a small --limit an "epoch" is a few steps, and per-epoch checkpoints
-would weigh far more than in a real Perov-5 epoch of ~90-180 steps; the cost of one checkpoint is printed apart),
-after a 5-step
-warm-up run, and prints:
-  * crystals per second (wall clock, time.perf_counter) and CPU seconds per 1000 crystals (time.process_time, the
-    sum over all threads of this process: the honest figure on a machine shared with other jobs);
-  * the time of one Perov-5 epoch (11,356 crystals), EXTRAPOLATED linearly from the measured steps (the cost of a
-    step does not depend on which crystals it holds: Perov-5 crystals all have 5 atoms);
-  * beside it, the same number of steps of a bare loop (pre-collated batches, loss, backward, Adam step, nothing
-    else), and of the bare loop collating each batch from the dataset (`+collate`), so the trainer's own overhead
-    (clipping, gradient norm, logging) and the data pipeline's share are both visible in the same run.
-The thread count is printed. Sizes: "cpu" = CSPNet hidden 128, 4 layers, 32 frequencies (the CPU size of
-bench_models.py); "reference" = hidden 512, 6 layers, 128 frequencies (the papers').
+Default mode. For each model, `--reps` interleaved repetitions of two whole trainer runs of `--steps` optimiser steps
+on the Perov-5 train split (all 11,356 crystals, the model's preset, no validation, one checkpoint at the end), from
+the same initial weights and seed:
+  * today: `batching="pyg"` (PyG collation of every batch) and today's CSPNet forward (bench/legacy_cspnet.py: unfolded
+    layer, host read-backs in every forward);
+  * ours: `batching="flat"` (index gathers from the split as flat tensors) and the folded, sync-free forward.
+Printed: crystals/s (wall clock) and CPU s per 1000 crystals (time.process_time, all threads of this process), their
+medians, the ratio ours/today of each repetition, and the final-step loss of both (the same batches and noise: the
+two must agree to float32 rounding, ~1e-7). The load average is printed at the start and end: on a shared machine
+only the ratios, measured interleaved, carry over.
+
+--threads-grid: crystals/s of the bare training step (flat batches, loss, backward, Adam) for P processes x T threads,
+(P, T) in (1,1) (1,2) (2,1) (2,2), each cell run in fresh processes, cells interleaved over --reps rounds; printed as total
+crystals/s and as a ratio to 1x1 measured in the same round.
 """
 import argparse
+import math
+import os
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from crystal_diffusion_book.data import collate, load_dataset
-from crystal_diffusion_book.train import EpochBatchSampler, load_checkpoint, preset, save_checkpoint, train
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from legacy_cspnet import legacy   # noqa: E402
 
-PEROV5_TRAIN = 11_356
-SIZES = {"cpu": dict(hidden_dim=128, num_layers=4, num_freqs=32), "reference": {}}
+from crystal_diffusion_book.data import load_dataset   # noqa: E402
+from crystal_diffusion_book.train import EpochBatchSampler, FlatCrystals, preset, train   # noqa: E402
 
-
-def make_model(name, size, data):
-    model = _make_model(name, size)
-    if hasattr(model, "fit_lattice_stats"):       # KLDM standardises its lattice latent with training-set statistics
-        model.fit_lattice_stats(list(data))
-    return model
+SIZES = {"cpu": dict(hidden_dim=128, num_layers=4, num_freqs=32, time_dim=64), "reference": {}}
 
 
-def _make_model(name, size):
+def make_model(name, size, seed=0):
+    torch.manual_seed(seed)
     if name == "diffcsp":
         from crystal_diffusion_book.diffcsp import DiffCSP, DiffCSPConfig
         return DiffCSP(DiffCSPConfig.make("csp", network=SIZES[size], dataset="perov_5"))
     if name == "kldm":
-        from crystal_diffusion_book.kldm import KLDM, KLDMConfig   # the KLDM chapter's module
+        from crystal_diffusion_book.kldm import KLDM, KLDMConfig
         return KLDM(KLDMConfig.make("csp", network=SIZES[size]))
     raise ValueError(f"unknown model {name!r}")
 
 
-def timed(fn):
+def load():
+    return f"{os.getloadavg()[0]:.2f}"
+
+
+def run_trainer(name, size, data, cfg, out, today):
+    "One whole trainer run; (wall s, CPU s, final loss)."
+    model = make_model(name, size)
     w0, c0 = time.perf_counter(), time.process_time()
-    fn()
-    return time.perf_counter() - w0, time.process_time() - c0
+    with legacy(today):
+        train(model, data, None, replace(cfg, batching="pyg" if today else "flat"), out)
+    w, c = time.perf_counter() - w0, time.process_time() - c0
+    import csv
+    with open(Path(out) / "steps.csv") as f:
+        last = list(csv.DictReader(f))[-1]
+    return w, c, float(last["loss"])
 
 
-def bare_loop(model, data, batch_size, steps, seed, collate_each_step=False):
-    "The same optimiser steps without the trainer: loss, backward, Adam on pre-collated (or freshly collated) batches."
-    sampler = EpochBatchSampler(len(data), batch_size, seed)
-    idx = sampler.global_batches(0)
-    batches = None if collate_each_step else [collate([data[i] for i in b]) for b in idx]
+def compare(a):
+    data = load_dataset("perov_5", "train", progress=False)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {os.cpu_count()} cores, load {load()} at start; "
+          f"Perov-5 train ({len(data)} crystals), batch {a.batch}, {a.steps} steps per run, {a.reps} interleaved reps, "
+          f"size {a.size} {SIZES[a.size] or '(reference)'}")
+    for name in a.models.split(","):
+        cfg = preset(name, epochs=None, max_steps=a.steps, batch_size=a.batch, seed=0, progress=False, val_every=0,
+                     tensorboard=False, threads=a.threads, ckpt_every_epochs=10**6)
+        res = {"today": [], "ours": []}
+        with tempfile.TemporaryDirectory() as tmp:
+            run_trainer(name, a.size, data, replace(cfg, max_steps=2), Path(tmp) / "warm", False)   # warm-up
+            for r in range(a.reps):
+                for label in (("today", "ours") if r % 2 == 0 else ("ours", "today")):   # alternate who goes first
+                    res[label].append(run_trainer(name, a.size, data, cfg, Path(tmp) / f"{label}{r}", label == "today"))
+        n_cr = a.steps * a.batch
+        for label in ("today", "ours"):
+            w = [x[0] for x in res[label]]; c = [x[1] for x in res[label]]
+            print(f"{name:8} {label:6} crystals/s wall: {' '.join(f'{n_cr / x:7.0f}' for x in w)}  (median {n_cr / statistics.median(w):7.0f}); "
+                  f"CPU s/1000 crystals: median {1000 * statistics.median(c) / n_cr:6.2f}; final loss {res[label][-1][2]:.9g}")
+        rw = [t[0] / o[0] for t, o in zip(res["today"], res["ours"])]
+        rc = [t[1] / o[1] for t, o in zip(res["today"], res["ours"])]
+        dl = max(abs(t[2] - o[2]) / abs(t[2]) for t, o in zip(res["today"], res["ours"]))
+        print(f"{name:8} ours/today: wall {' '.join(f'{x:.2f}x' for x in rw)} (median {statistics.median(rw):.2f}x); "
+              f"CPU {' '.join(f'{x:.2f}x' for x in rc)} (median {statistics.median(rc):.2f}x); "
+              f"final loss relative difference {dl:.1e}; load {load()}", flush=True)
+
+
+def grid_worker(a):
+    "One process of a grid cell: a bare training loop on flat batches; prints its crystals/s."
+    torch.set_num_threads(a.worker_threads)
+    data = load_dataset("perov_5", "train", limit=4096, progress=False)
+    flat, model = FlatCrystals(data), make_model("diffcsp", a.size)
+    batches = [flat.batch(b) for b in EpochBatchSampler(len(data), a.batch, seed=0).global_batches(0)]
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    def run():
-        for s in range(steps):
-            batch = collate([data[i] for i in idx[s % len(idx)]]) if collate_each_step else batches[s % len(batches)]
-            opt.zero_grad(set_to_none=True)
-            model.loss(batch)["loss"].backward()
-            opt.step()
-    return timed(run)
+    def step(s):
+        opt.zero_grad(set_to_none=True); model.loss(batches[s % len(batches)])["loss"].backward(); opt.step()
+    step(0)
+    t0 = time.perf_counter()
+    for s in range(a.steps): step(s + 1)
+    print(a.steps * a.batch / (time.perf_counter() - t0))
+
+
+def grid(a):
+    cells = [(1, 1), (1, 2), (2, 1), (2, 2)]
+    print(f"threads x processes, DiffCSP {a.size} network, batch {a.batch}, {a.steps} steps per process; "
+          f"{os.cpu_count()} cores, load {load()} at start")
+    rows = {c: [] for c in cells}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for r in range(a.reps):
+        for P, T in cells:
+            cmd = [sys.executable, __file__, "--worker", "--worker-threads", str(T), "--steps", str(a.steps),
+                   "--batch", str(a.batch), "--size", a.size]
+            procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env) for _ in range(P)]
+            rows[(P, T)].append(sum(float(p.communicate()[0].split()[-1]) for p in procs))
+        print(f"round {r}: " + "  ".join(f"{P}p x {T}t {rows[(P, T)][-1]:6.0f} ({rows[(P, T)][-1] / rows[(1, 1)][-1]:.2f}x)"
+                                         for P, T in cells) + f"; load {load()}", flush=True)
+    print("median ratio to 1 process x 1 thread: " + "  ".join(
+        f"{P}p x {T}t {statistics.median(x / y for x, y in zip(rows[(P, T)], rows[(1, 1)])):.2f}x" for P, T in cells))
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="diffcsp,kldm")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--limit", type=int, default=2048)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--steps", type=int, default=45)
+    p.add_argument("--reps", type=int, default=3)
     p.add_argument("--size", default="cpu", choices=sorted(SIZES))
-    args = p.parse_args()
-    if args.threads: torch.set_num_threads(args.threads)
-    nthreads = torch.get_num_threads()
-    data = load_dataset("perov_5", "train", limit=args.limit, progress=False)
-    print(f"torch {torch.__version__}, {nthreads} thread(s); Perov-5 train, first {len(data)} crystals; "
-          f"batch {args.batch}; {args.steps} timed steps; size {args.size} {SIZES[args.size] or '(reference)'}")
-    print(f"{'model':8} {'loop':8} {'steps':>5} {'wall s':>8} {'cryst/s wall':>12} {'CPU s/1000 cryst':>16} "
-          f"{'epoch wall (extrap.)':>21} {'epoch CPU (extrap.)':>20}")
-    for name in args.models.split(","):
-        try:
-            model = make_model(name, args.size, data)
-        except (ImportError, AttributeError, TypeError) as e:
-            print(f"{name:8} skipped: {type(e).__name__}: {e}")
-            continue
-        n_par = sum(q.numel() for q in model.parameters())
-        with tempfile.TemporaryDirectory() as tmp:
-            cfg = preset(name, epochs=None, batch_size=args.batch, seed=0, progress=False, val_every=0,
-                         tensorboard=False, threads=args.threads, ckpt_every_epochs=10**6)   # one checkpoint, at the end
-            from dataclasses import replace
-            train(make_model(name, args.size, data), data, None, replace(cfg, max_steps=5), Path(tmp) / "warm")
-            wall, cpu = timed(lambda: train(model, data, None, replace(cfg, max_steps=args.steps), Path(tmp) / "run"))
-            ck = Path(tmp) / "run" / "last.pt"
-            w_ck, c_ck = timed(lambda: save_checkpoint(load_checkpoint(ck), Path(tmp) / "copy" / "last.pt"))
-            ck_mb = ck.stat().st_size / 1e6
-        n_cr = args.steps * args.batch
-        rows = [("train()", wall, cpu)]
-        rows.append(("bare", *bare_loop(make_model(name, args.size, data), data, args.batch, args.steps, 0)))
-        rows.append(("+collate", *bare_loop(make_model(name, args.size, data), data, args.batch, args.steps, 0, True)))
-        for label, w, c in rows:
-            print(f"{name:8} {label:8} {args.steps:5d} {w:8.1f} {n_cr / w:12.0f} {1000 * c / n_cr:16.2f} "
-                  f"{w / n_cr * PEROV5_TRAIN / 60:17.2f} min {c / n_cr * PEROV5_TRAIN / 60:16.2f} min")
-        print(f"{name:8} {n_par / 1e6:.2f} M parameters; trainer overhead vs bare loop: {100 * (wall / rows[1][1] - 1):+.0f} % wall, "
-              f"{100 * (cpu / rows[1][2] - 1):+.0f} % CPU; one checkpoint (load + atomic save, "
-              f"{ck_mb:.1f} MB): {w_ck:.2f} s wall, {c_ck:.2f} s CPU")
+    p.add_argument("--threads-grid", action="store_true")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--worker-threads", type=int, default=1, help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.worker: return grid_worker(a)
+    if a.threads: torch.set_num_threads(a.threads)
+    return grid(a) if a.threads_grid else compare(a)
 
 
 if __name__ == "__main__":

@@ -135,3 +135,65 @@ def test_two_process_ddp_matches_single_process(tmp_path):
     ddp_ep, one_ep = pd.read_csv(out / "tiny" / "epochs.csv"), pd.read_csv(tmp_path / "single" / "epochs.csv")
     assert ((ddp_ep.val_loss - one_ep.val_loss).abs() / one_ep.val_loss).max() < 1e-12
     assert list(ddp_ep.lr) == list(one_ep.lr)                          # the plateau scheduler took the same decisions
+
+
+def _same_batch(a, b):
+    assert type(a) is type(b) and sorted(a.keys()) == sorted(b.keys()) and a.num_graphs == b.num_graphs
+    for k in b.keys():
+        x, y = a[k], b[k]
+        if torch.is_tensor(y): assert x.dtype == y.dtype and x.shape == y.shape and torch.equal(x, y), k
+        else: assert x == y, k
+    for k in b._slice_dict:
+        assert torch.equal(a._slice_dict[k], b._slice_dict[k]), k
+        assert (a._inc_dict[k] is None) if b._inc_dict[k] is None else torch.equal(a._inc_dict[k], b._inc_dict[k]), k
+
+
+@pytest.mark.parametrize("dataset", ["perov_5", "mp_20"])
+def test_flat_batches_equal_pyg_collation_in_the_same_order(dataset):
+    "Every field of every batch of an epoch, both DDP ranks, store path and generic path, equal to make_loader's."
+    from crystal_diffusion_book.data import load_dataset, make_loader
+    from crystal_diffusion_book.train import FlatCrystals
+    ds = load_dataset(dataset, "val", limit=150, progress=False)
+    for flat in (FlatCrystals(ds), FlatCrystals(list(ds))):
+        for rank in (0, 1):
+            for self_loops in (True, False):
+                s = EpochBatchSampler(len(ds), 32, seed=5, rank=rank, world_size=2)
+                s.set_epoch(3, 1)
+                ref = list(make_loader(ds, sampler=s, self_loops=self_loops))
+                ours = [flat.batch(ix, self_loops) for ix in s]
+                assert len(ours) == len(ref) == 4
+                for a, b in zip(ours, ref): _same_batch(a, b)
+    with pytest.raises(ValueError, match="at least one"):
+        FlatCrystals(ds).batch([])
+
+
+def test_flat_and_pyg_batching_train_to_the_same_numbers(tmp_path, one_thread):
+    "Same losses, gradient norms and final weights with batching='flat' and 'pyg' (validation loss included)."
+    from crystal_diffusion_book.data import synthetic_dataset
+    from crystal_diffusion_book.diffcsp import DiffCSP, DiffCSPConfig
+    data = synthetic_dataset(48, seed=1)
+    runs = {}
+    for mode in ("flat", "pyg"):
+        torch.manual_seed(0)
+        m = DiffCSP(DiffCSPConfig.make(network=dict(hidden_dim=16, num_layers=1, num_freqs=4, time_dim=8)))
+        cfg = preset("diffcsp", epochs=2, batch_size=16, seed=0, threads=1, progress=False, tensorboard=False, batching=mode)
+        train(m, data[:32], data[32:], cfg, tmp_path / mode)
+        runs[mode] = (pd.read_csv(tmp_path / mode / "steps.csv"), pd.read_csv(tmp_path / mode / "epochs.csv"), m.state_dict())
+    (s1, e1, w1), (s2, e2, w2) = runs["flat"], runs["pyg"]
+    assert len(s1) == 4 and s1[["loss", "grad_norm"]].equals(s2[["loss", "grad_norm"]])
+    assert e1[["train_loss", "val_loss"]].equals(e2[["train_loss", "val_loss"]])
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+    with pytest.raises(ValueError, match="batching"):
+        TrainConfig(batching="dense")
+
+
+def test_default_threads_rule(monkeypatch):
+    from crystal_diffusion_book.train import default_threads
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert default_threads() == 3
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.2, 0.0, 0.0))
+    assert default_threads() == 4 and default_threads(jobs=8) == 2 and default_threads(cap=16) == 16
+    monkeypatch.setattr(os, "getloadavg", lambda: (15.0, 0.0, 0.0))
+    assert default_threads() == 1
