@@ -487,6 +487,9 @@ def _cmd_describe(a):
     if not fields: raise ValueError("--fields must name at least one field")
     if a.limit is not None and a.limit < 1: raise ValueError(f"--limit must be a positive integer, got {a.limit}")
     if a.jobs < 1: raise ValueError(f"--jobs must be a positive integer, got {a.jobs}")
+    import importlib.util
+    if a.long and importlib.util.find_spec("robocrys") is None:   # before any work: the extra is missing
+        raise ImportError(f"--long needs robocrys, from the text extra: {text.TEXT_EXTRA}")
     with _job(f"cdb describe ({a.dataset}/{a.split})"):
         df = text.describe_split(a.dataset, a.split, fields=fields, limit=a.limit, long=a.long, seed=a.seed,
                                  n_jobs=a.jobs, timeout=a.timeout, progress=not a.quiet)
