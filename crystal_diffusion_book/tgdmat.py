@@ -247,9 +247,10 @@ class TGDMat(DiffCSP):
 
     def type_grid(self,
                   n_steps: int | None = None,   # sampler steps S (None: T)
-                 ):                             # (D3PM with S steps, (S+1,) long grid of times 0 = t_0 < ... < t_S = T)
+                  grid: str = "paper",          # the sampler's time grid (DiffCSP.timesteps): "paper" or "skip_end"
+                 ):                             # (D3PM with S steps, (S+1,) long grid of times 0 = t_0 < ... < t_S)
         "The type D3PM on the sampler's times: the same ᾱ at the visited times, respaced when S < T."
-        ts = self.timesteps(n_steps)                                           # (S,) decreasing T..1
+        ts = self.timesteps(n_steps, grid)                                     # (S,) decreasing to 1
         grid = torch.cat([ts.new_zeros(1), ts.flip(0)])                        # (S+1,) increasing
         d = self.type_diffusion
         if len(ts) < self.config.T:
@@ -263,6 +264,7 @@ class TGDMat(DiffCSP):
                        spec: CompositionSpec,   # compositions (CSP) or atom counts (DNG: atom_types ignored); spec.cond: text embeddings
                        n_steps: int | None = None,  # reverse steps (None: T = 1000); fewer skips times evenly
                        method: str | None = None,   # "pc" (default: corrector + predictor) or "predictor"
+                       grid: str = "paper",     # time grid (DiffCSP.timesteps): "paper" (T..1) or "skip_end"
                        generator=None,          # torch.Generator for the noise
                        return_trajectory=False, # also return frames (DNG: with "masked", (F, n_atoms) bool)
                        guidance_scale: float = 1.0,  # classifier-free guidance w: 1 conditional (one pass), 0 unconditional
@@ -296,9 +298,9 @@ class TGDMat(DiffCSP):
 
         types = None
         if c.task == "dng":
-            d, grid = self.type_grid(n_steps)
-            types = AbsorbingTypes(d, grid, published=c.types == "published", device=self.sigmas.device)
-        out = super().sample_tensors(spec, n_steps=n_steps, method=method, generator=generator,
+            d, times = self.type_grid(n_steps, grid)
+            types = AbsorbingTypes(d, times, published=c.types == "published", device=self.sigmas.device)
+        out = super().sample_tensors(spec, n_steps=n_steps, method=method, grid=grid, generator=generator,
                                      return_trajectory=return_trajectory, step_lr=step_lr, denoiser=guided,
                                      trajectory_every=trajectory_every, dtype=dtype, type_process=types)
         if types is not None and return_trajectory:
