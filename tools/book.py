@@ -24,7 +24,9 @@ Steps:
    drop the CDN tags, so the pages need no network.
 5. Checks (`check_site`, written to `_build/book_checks.json`; the build fails on any): TeX left raw in a page
    (a `$...$` the Markdown reader did not take as maths, or a `\\(` not converted), an unresolved `@ref`, an
-   internal link whose file or `#anchor` does not exist, a figure cell with `fig-cap` but no caption shown.
+   internal link whose file or `#anchor` does not exist, a figure cell with `fig-cap` but no caption shown, a
+   machine path (the project's parent folder, the temporary folder, site-packages, `<ipython-input-`) anywhere
+   on a page, prose and code included.
 """
 from __future__ import annotations
 
@@ -133,7 +135,7 @@ def stage_all(docs: dict, sources: dict) -> tuple[dict, list]:
     labels, missing = collect_labels(docs), []
     out = {}
     for entry, doc in docs.items():
-        fix = lambda t: link_chapters(number_markdown(resolve_refs(t, entry, labels, missing), entry, labels), entry, sources[entry])
+        fix = lambda t: number_markdown(resolve_refs(link_chapters(t, entry, sources[entry]), entry, labels, missing), entry, labels)
         if isinstance(doc, dict):
             cells = []
             for c in doc["cells"]:
@@ -169,7 +171,7 @@ def _path_rules() -> list:
 TMP_NAME = re.compile(r"<tmp>/tmp[\w-]{6,}/")
 IPY_INPUT = re.compile(r"<ipython-input-\d+-[0-9a-f]+>|/tmp/ipykernel_\d+/\d+\.py")
 WARNING_LINE = re.compile(r"^(\S[^\n]*?):\d+: (\w*(?:Warning|Deprecation)\w*): (.*)\n(?:  [^\n]*\n?)?", re.M)
-TQDM_LINE = re.compile(r"^[^\n]*\d+%\|[^\n|]*\|[^\n]*(?:it/s|s/it|\?it/s)[^\n]*\]?\s*$", re.M)
+TQDM_LINE = re.compile(r"[^\n]*\d+%\|[^\n|]*\|[^\n]*(?:it/s|s/it|\?it/s)[^\n]*\]?\s*")
 PIPE_TABLE = re.compile(r"(?:^\|[^\n]*\|[ \t]*\n)(?:^\|[ \t:|-]*-[ \t:|-]*\|[ \t]*\n)(?:^\|[^\n]*\|[ \t]*(?:\n|$))*", re.M)
 
 
@@ -183,8 +185,7 @@ def clean_text(text: str, rules=None) -> str:
         text = text.replace(old, new)
     text = TMP_NAME.sub("<tmp>/", text)
     text = WARNING_LINE.sub(lambda m: f"{m.group(2)}: {m.group(3)}\n", text)
-    text = TQDM_LINE.sub("", text)
-    text = "\n".join(l for l in text.split("\n") if not l.startswith("RESULTS:"))
+    text = "\n".join(l for l in text.split("\n") if not l.startswith("RESULTS:") and not TQDM_LINE.fullmatch(l))
     return re.sub(r"\n{3,}", "\n\n", text)
 
 
@@ -413,8 +414,16 @@ def check_site(site: Path, missing_refs=(), staged=None) -> dict:
     "The problems of a built site: raw TeX, unresolved references, broken internal links, figure captions not shown."
     pages = {p.relative_to(site).as_posix(): p.read_text() for p in site.rglob("*.html")}
     ids = {name: {m.group(2) for m in IDS.finditer(t)} for name, t in pages.items()}
-    rep = {"raw_tex": [], "unresolved_refs": list(missing_refs), "broken_links": [], "missing_captions": []}
+    rep = {"raw_tex": [], "unresolved_refs": list(missing_refs), "broken_links": [], "missing_captions": [],
+           "machine_paths": []}
+    import tempfile
+    machine = [str(ROOT.parent) + "/", tempfile.gettempdir().rstrip("/") + "/", "site-packages/", "<ipython-input-"]
     for name, text in pages.items():
+        plain = html.unescape(re.sub(r"<[^>]+>", "", text))
+        for m in machine:
+            i = plain.find(m)
+            if i >= 0:
+                rep["machine_paths"].append(f"{name}: {plain[max(0, i - 40):i + 60]!r}")
         for m in RAW_TEX.finditer(prose(text)):
             rep["raw_tex"].append(f"{name}: {m.group(0)[:80]!r}")
         for m in HREF.finditer(text):
@@ -444,7 +453,7 @@ def check_site(site: Path, missing_refs=(), staged=None) -> dict:
                 for one in cap if isinstance(cap, list) else [cap]:
                     if html.escape(str(one)) not in page:
                         rep["missing_captions"].append(f"{entry}: {str(one)[:60]!r}")
-    return rep
+    return {k: list(dict.fromkeys(v)) for k, v in rep.items()}
 
 
 def build(
@@ -465,7 +474,14 @@ def build(
     if missing:
         print(f"note: not yet written{' or executed' if reuse else ''}, left out of this build: {', '.join(missing)}")
     nb_entries = [e for e in present if e.endswith(".ipynb")]
-    if reuse:
+    if reuse:   # the copies as they are, leaving out those whose last execution failed
+        ok = lambda e: json.loads((nbrun.OUT / (source_of(e).stem + ".json")).read_text()).get("ok", False) \
+            if (nbrun.OUT / (source_of(e).stem + ".json")).exists() else True
+        dropped = [e for e in nb_entries if not ok(e)]
+        if dropped:
+            print(f"note: last execution failed, left out of this build: {', '.join(dropped)}")
+        present = [e for e in present if e not in dropped]
+        nb_entries = [e for e in nb_entries if e not in dropped]
         results = {source_of(e).name: nbrun.NbResult(source_of(e).name, True, 0.0, executed=str(nbrun.OUT / source_of(e).name))
                    for e in nb_entries}
     else:
