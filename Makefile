@@ -64,3 +64,9 @@ lock:
 
 clean:
 	rm -rf _build runs
+
+# The GPU check (tools/gpu_check.py): bf16 train steps, a device-generator sampler run, checkpoint resume and a
+# one-process NCCL DDP step for DiffCSP and KLDM at the papers' size; a JSON record in ci/results. Exits 0 without CUDA.
+.PHONY: gpu-check
+gpu-check: $(STAMP)
+	$(BIN)/python tools/gpu_check.py --out ci/results/gpu_check.json
