@@ -171,3 +171,41 @@ def test_lattice_sampler_recovers_a_point_mass_with_the_exact_noise(n_steps):
     spec = CompositionSpec(torch.full((10,), 8), torch.full((2,), 5))
     out = m.sample_tensors(spec, n_steps=n_steps, denoiser=exact, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     assert (out["lattice"] - L0).abs().max().item() < 1e-10
+
+
+def test_skip_end_grid():
+    "grid='skip_end' drops the clipped t = T: S times below T (T - 1 for S = T), ending at 1; a bad grid name is refused."
+    m = DiffCSP(DiffCSPConfig.make(network=TINY))
+    ts = m.timesteps(100, "skip_end")
+    assert len(ts) == 100 and int(ts[0]) == 990 and int(ts[-1]) == 1 and bool((ts[1:] < ts[:-1]).all())
+    assert m.timesteps(1000, "skip_end").tolist() == list(range(999, 0, -1))
+    assert m.timesteps(100, "paper").tolist() == m.timesteps(100).tolist() and int(m.timesteps(100)[0]) == 1000
+    with pytest.raises(ValueError, match="grid must be one of"):
+        m.timesteps(10, "trailing")
+
+
+@pytest.mark.parametrize("grid, bounded", [("paper", False), ("skip_end", True)])
+def test_first_step_lattice_error(grid, bounded):
+    "A fixed ε̂ error δ at every step: the 100-step paper grid throws the lattice ~1000 δ away at its first step; skip_end stays below 3 δ."
+    from crystal_diffusion_book.model import CompositionSpec
+    m = DiffCSP(DiffCSPConfig.make(network=TINY, dataset="perov_5")).double()
+    oracle, sites, M = _toy(m, 4)
+    delta = 0.054
+    pert = lambda *a: {**oracle(*a), "lattice": oracle(*a)["lattice"] + delta}
+    spec = spec_from_formulas("LiO", 4)
+    run = lambda d: m.sample_tensors(spec, n_steps=100, method="predictor", grid=grid, denoiser=d, return_trajectory=True,
+                                     trajectory_every=1, generator=torch.Generator().manual_seed(0))["trajectory"]["lattice"]
+    peak = (run(pert) - run(oracle)).abs().max().item() / delta
+    assert (peak < 3) == bounded and (peak > 500) != bounded
+
+
+def test_no_corrector_noise_at_the_last_step():
+    "As the reference: with a zero score the last PC step leaves the coordinates unchanged (no √(2δ₁)·z)."
+    m = DiffCSP(DiffCSPConfig.make(network=TINY, dataset="perov_5")).double()
+    seen = []
+    def zero(t, a, f, L, i, e):
+        seen.append(f.clone()); return {"coord": torch.zeros_like(f), "lattice": torch.zeros_like(L)}
+    out = m.sample_tensors(spec_from_formulas("LiO", 3), n_steps=5, method="pc", denoiser=zero,
+                           generator=torch.Generator().manual_seed(0), step_lr=1e-2)
+    assert torch.equal(seen[-2], seen[-1]) and torch.equal(out["frac"], seen[-1])   # corrector, then predictor: no noise
+    assert not torch.equal(seen[-4], seen[-3])                                       # earlier correctors do add noise
