@@ -496,8 +496,9 @@ def _batches(data, index_lists, self_loops, batching):
     "Batches of the given crystal indices: `FlatCrystals` gathers (flat) or `data.collate` (pyg)."
     from crystal_diffusion_book.data import collate
     if batching == "flat":
-        flat = data if isinstance(data, FlatCrystals) else FlatCrystals(data)
-        return (flat.batch(ix, self_loops) for ix in index_lists)
+        try: flat = data if isinstance(data, FlatCrystals) else FlatCrystals(data)
+        except ValueError: flat = None       # fields PyG increments: collate them as before
+        if flat is not None: return (flat.batch(ix, self_loops) for ix in index_lists)
     return (collate([data[i] for i in ix], self_loops=self_loops) for ix in index_lists)
 
 def _compile_layers(model):
