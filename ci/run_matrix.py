@@ -10,7 +10,7 @@ collects it with the parameters, wall time and status into `runs/<matrix>/result
 Progress: a run executes inside a Jupyter kernel, so the driver learns how far it is from files the run
 writes. A run whose parameters name an `out_dir` is watched there: `progress.json` (the stage, written by
 `reproduce.run_csp`: data, train, sampling, scoring, done) and, while it trains, the trainer's
-`train/epochs.csv` (epoch k of n, the loss; the ETA follows from the epochs' rate). On a terminal the
+`train/epochs.csv` (epoch k of n, k counted from 1, the loss; the ETA follows from the epochs' rate). On a terminal the
 runs are tqdm bars, one per run; otherwise one line per stage and per tenth of training. `--quiet` prints
 nothing but failures. The kernels run with `--log-level=ERROR`, so Jupyter's start-up warnings
 ("Kernel is running over TCP without encryption") do not reach the terminal.
@@ -82,7 +82,7 @@ def run_state(out_dir) -> dict:
             rows = []
         if rows:
             last = rows[-1]
-            state["epoch"] = int(float(last["epoch"]))
+            state["epoch"] = int(float(last["epoch"])) + 1   # the trainer counts epochs from 0: this many are done
             for k in ("train_loss", "val_loss"):
                 try:
                     state[k] = float(last[k])

@@ -63,7 +63,7 @@ stage("train", epochs=epochs)
 for k in range(1, epochs + 1):
     time.sleep(pause)
     with open(out / "train" / "epochs.csv", "a") as f:
-        f.write(f"{k},{10 * k},{1 / k:.4f},{2 / k:.4f}\\n")
+        f.write(f"{k - 1},{10 * k},{1 / k:.4f},{2 / k:.4f}\\n")   # the trainer numbers epochs from 0
 time.sleep(pause)
 stage("sampling", n_test=5); time.sleep(pause)
 stage("scoring", n_test=5); time.sleep(pause)
@@ -117,7 +117,7 @@ def test_run_state_reads_the_trainer_log(tmp_path):
     (tmp_path / "progress.json").write_text(json.dumps({"stage": "train", "epochs": 100}))
     assert run_matrix.run_state(tmp_path)["epoch"] == 0     # training started, no epoch finished
     (tmp_path / "train").mkdir()
-    (tmp_path / "train" / "epochs.csv").write_text("epoch,step,train_loss,val_loss\n1,10,0.9,1.1\n2,20,0.8125,\n")
+    (tmp_path / "train" / "epochs.csv").write_text("epoch,step,train_loss,val_loss\n0,10,0.9,1.1\n1,20,0.8125,\n")
     st = run_matrix.run_state(tmp_path)
     assert (st["epoch"], st["train_loss"], "val_loss" in st) == (2, 0.8125, False)   # an empty cell is left out
     assert run_matrix.describe(st, eta=3725) == "train epoch 2/100, loss 0.8125, ETA 1:02:05"
