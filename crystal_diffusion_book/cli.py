@@ -72,7 +72,7 @@ def _cmd_datasets(a):
     "List the registry (and, with --check, what is available here)."
     from crystal_diffusion_book.data import REGISTRY, available_splits
     if a.check:
-        df = available_splits(cache_dir=a.cache_dir, mirror=a.mirror)
+        df = available_splits(cache_dir=a.cache_dir, mirror=a.mirror, copy=False)
         print(df.to_string(index=False))
         return 0
     for f in REGISTRY.files:
@@ -421,7 +421,9 @@ def _cmd_sample(a):
     bar = tqdm(total=len(chunks) * n_steps * per_step, desc=f"sampling {spec.n_crystals} crystal(s), {n_steps} steps",
                unit="call", disable=a.quiet, mininterval=1)
     net = getattr(model, "net", None)
-    hook = net.register_forward_pre_hook(lambda *_: bar.update()) if isinstance(net, torch.nn.Module) else None
+    def tick(*_):                                     # returns None: a pre-hook's return value would replace the inputs
+        bar.update()
+    hook = net.register_forward_pre_hook(tick) if isinstance(net, torch.nn.Module) else None
     try:
         with _job(f"cdb sample ({type(model).__name__})"):
             gen = torch.Generator(device=model.device).manual_seed(a.seed)

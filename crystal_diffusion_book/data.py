@@ -785,9 +785,13 @@ def load_dataset(
         raw_sha, index_column, source = entry.sha256, entry.index_column, f"{path} ({entry.variant})"
     else:
         path = Path(path)
+        if not path.is_file(): raise DataFileError(f"path: {path} does not exist or is not a file")
         raw_sha, _ = _sha256_file(path)
-        with open(path, newline="") as fh:
-            index_column = fh.readline().startswith(",")
+        try:
+            with open(path, newline="", encoding="utf-8") as fh:
+                index_column = fh.readline().startswith(",")
+        except UnicodeDecodeError as e:
+            raise DataFileError(f"{path}: not a text CSV file ({e.reason} at byte {e.start})") from None
         source = str(path)
     key = hashlib.sha256(json.dumps([PROCESS_VERSION, raw_sha, dataclasses.asdict(options), props, limit, errors],
                                     sort_keys=True).encode()).hexdigest()[:20]
@@ -798,7 +802,10 @@ def load_dataset(
             warnings.warn(f"{dataset}/{split}: {len(ds.skipped)} rows were skipped when this split was "
                           f"processed (see dataset.skipped / dataset.report())")
         return ds
-    df = pd.read_csv(path, index_col=0 if index_column else None, nrows=limit)
+    try:
+        df = pd.read_csv(path, index_col=0 if index_column else None, nrows=limit)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise DataFileError(f"{path}: not a readable CSV ({type(e).__name__}: {str(e).strip().splitlines()[0]})") from None
     missing = [c for c in ("material_id", "cif") + props if c not in df.columns]
     if missing:
         raise DataFileError(f"{path}: missing column(s) {missing}; columns present: {list(df.columns)}")
@@ -853,19 +860,31 @@ def load_structures(
 def available_splits(
     registry=None,        # a `Registry` (default: `REGISTRY`)
     download=False,       # also try upstream URLs (default: cache and mirror only)
+    copy=True,            # copy a split found on the mirror into the cache (False: verify it without keeping a copy)
     **kwargs,             # cache_dir, mirror: see `fetch_entry`
 ):                        # DataFrame: dataset, split, variant found (or None), rows, path
     "Which registered splits can be had here, and which version of each was found."
     reg = registry or REGISTRY
     out = []
+    import tempfile
     for ds, sp in dict.fromkeys((f.dataset, f.split) for f in reg.files):
         try:
-            path, f = fetch_entry(ds, sp, download=download, registry=reg, **kwargs)
+            if copy or download:
+                path, f = fetch_entry(ds, sp, download=download, registry=reg, **kwargs)
+            else:            # the cache alone first; a split found only on the mirror is verified in a scratch folder
+                try:
+                    path, f = fetch_entry(ds, sp, download=False, registry=reg, cache_dir=kwargs.get("cache_dir"), mirror="")
+                except MissingSplitError:
+                    with tempfile.TemporaryDirectory() as scratch:
+                        _, f = fetch_entry(ds, sp, download=False, registry=reg, cache_dir=scratch, mirror=kwargs.get("mirror"))
+                    path = "mirror (not copied into the cache)"
             out.append({"dataset": ds, "split": sp, "variant": f.variant, "rows": f.rows, "path": str(path)})
         except (MissingSplitError, ChecksumError) as e:
             out.append({"dataset": ds, "split": sp, "variant": None, "rows": None,
                         "path": type(e).__name__})
-    return pd.DataFrame(out)
+    df = pd.DataFrame(out)
+    df["rows"] = df["rows"].astype("Int64")   # whole numbers, <NA> where missing (not 11356.0)
+    return df
 
 # %% ../nbs/20_data.ipynb #efdbbb35
 def dataset_summary(

@@ -82,7 +82,8 @@ def cif_names(folder):
 def test_sample_repeated_formulas_get_distinct_files(diffcsp_ck, tmp_path, one_thread):
     "`--formula SrTiO3 --formula SrTiO3` wrote one file and said two; batches of one are each written as produced."
     code, out, err = run("sample", "--checkpoint", diffcsp_ck, "--formula", "SrTiO3", "--formula", "SrTiO3,NaCl",
-                         "--steps", "3", "--batch-size", "1", "--out", tmp_path / "c", "--quiet")
+                         "--steps", "3", "--batch-size", "1", "--out", tmp_path / "c")   # with its progress bar
+    assert "sampling 3 crystal(s), 3 steps" in err and "18/18" in err, err    # 3 batches x 3 steps x 2 calls (PC)
     assert code in (0, 1), err
     assert "wrote " in out, (code, out, err)
     n = int(out.split("wrote ")[1].split()[0])
@@ -182,3 +183,25 @@ def test_evaluate_csp_reports_itself(tmp_path):
     assert abs(r["match_rate_predicted"] - 2 / 3) < 1e-12 and abs(r["match_rate"] - 2 / 6) < 1e-12
     code, out, err = run("evaluate-csp", "--pred", pred, "--dataset", "perov_5", "--protocol", "nope")
     assert code == 2 and "--protocol" in err
+
+
+@pytest.mark.parametrize("content, msg", [(b"", "not a readable CSV"), (b"\xff\xfe\x00binary", "not a text CSV"),
+                                          (b'material_id,cif\nx,y\n', "missing column")])
+def test_load_dataset_bad_csv_names_the_file(tmp_path, content, msg):
+    from crystal_diffusion_book.data import load_dataset, DataFileError
+    f = tmp_path / "mine.csv"
+    f.write_bytes(content)
+    with pytest.raises(DataFileError, match=msg) as e:
+        load_dataset("perov_5", "test", path=f, cache_dir=tmp_path / "cache")
+    assert str(f) in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(DataFileError, match="does not exist"):
+        load_dataset("perov_5", "test", path=tmp_path / "nope.csv", cache_dir=tmp_path / "cache")
+
+
+@needs_mirror
+def test_datasets_check_copies_nothing_and_prints_integers(tmp_path):
+    code, out, err = run("datasets", "--check", "--cache-dir", tmp_path / "cache")
+    assert code == 0, err
+    assert [p for p in (tmp_path / "cache").rglob("*") if p.is_file()] == []        # "without downloading": no copy
+    line = next(l for l in out.splitlines() if l.split()[:2] == ["perov_5", "train"])
+    assert " 11356 " in line and "11356.0" not in out and "not copied" in line, out
