@@ -11,7 +11,19 @@ sys.path.insert(0, str(ROOT / "tools"))
 import editions  # noqa: E402
 
 CHAPTERS = sorted((ROOT / "nbs").glob("[0-9]*.ipynb"))
-TEACHING = [p for p in CHAPTERS if p.name != "00_index.ipynb"]
+
+
+def _appendix() -> set[str]:
+    "The notebooks of the book's Appendix part (reference pages: sources, published numbers, bibliography)."
+    import yaml
+    book = yaml.safe_load((ROOT / "_quarto.yml").read_text())["book"]
+    part = [p for p in book["chapters"] if isinstance(p, dict) and p.get("part") == "Appendix"]
+    assert len(part) == 1, "_quarto.yml has no Appendix part"
+    return {Path(c).name for c in part[0]["chapters"] if c.endswith(".ipynb")}
+
+
+# Every teaching chapter has exercises; the index and the appendix's reference pages do not teach.
+TEACHING = [p for p in CHAPTERS if p.name != "00_index.ipynb" and p.name not in _appendix()]
 
 
 @pytest.mark.parametrize("path", TEACHING, ids=lambda p: p.name)
