@@ -346,7 +346,12 @@ class TextEncoder:
         if pooling not in ("mean", "cls"):
             raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
         self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        self.model = AutoModel.from_pretrained(str(path), local_files_only=True).to(device).eval()
+        from transformers.utils import logging as hf_logging
+        bar = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()           # no "Loading weights" bar in every run's output
+        try: self.model = AutoModel.from_pretrained(str(path), local_files_only=True).to(device).eval()
+        finally:
+            if bar: hf_logging.enable_progress_bar()
         for p in self.model.parameters():
             p.requires_grad_(False)
         limit = min(512, getattr(self.model.config, "max_position_embeddings", 512),

@@ -111,6 +111,7 @@ def test_clean_text():
     t = (f"{book.ROOT}/crystal_diffusion_book/data.py:68: UserWarning: skipped 2 rows\n  warnings.warn(x)\n"
          "<ipython-input-3-abc123>:4: DeprecationWarning: old\n  y()\n"
          " 50%|#####     | 5/10 [00:01<00:01,  4.20it/s]\r100%|##########| 10/10 [00:02<00:00,  4.40it/s]\n"
+         "sampling 2 crystal(s), 50 steps: 100%|##########| 100/100 [00:00<00:00, 214.66call/s]\n"   # any unit
          "RESULTS:{\"a\": 1}\nwrote /tmp/tmpab12cd34/x.cif\n")
     out = book.clean_text(t, rules)
     assert out.split("\n")[:3] == ["UserWarning: skipped 2 rows", "DeprecationWarning: old", "wrote <tmp>/x.cif"], out

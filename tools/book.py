@@ -171,7 +171,7 @@ def _path_rules() -> list:
 TMP_NAME = re.compile(r"<tmp>/tmp[\w-]{6,}/")
 IPY_INPUT = re.compile(r"<ipython-input-\d+-[0-9a-f]+>|/tmp/ipykernel_\d+/\d+\.py")
 WARNING_LINE = re.compile(r"^(\S[^\n]*?):\d+: (\w*(?:Warning|Deprecation)\w*): (.*)\n(?:  [^\n]*\n?)?", re.M)
-TQDM_LINE = re.compile(r"[^\n]*\d+%\|[^\n|]*\|[^\n]*(?:it/s|s/it|\?it/s)[^\n]*\]?\s*")
+TQDM_LINE = re.compile(r"[^\n]*\d+%\|[^\n|]*\|[^\n]*(?:\??[A-Za-z]+/s|s/[A-Za-z]+)[^\n]*\]?\s*")   # any unit: it/s, crystal/s, s/call
 PIPE_TABLE = re.compile(r"(?:^\|[^\n]*\|[ \t]*\n)(?:^\|[ \t:|-]*-[ \t:|-]*\|[ \t]*\n)(?:^\|[^\n]*\|[ \t]*(?:\n|$))*", re.M)
 
 
