@@ -75,22 +75,27 @@ def run_state(out_dir) -> dict:
     except (OSError, ValueError):   # not written yet (or from a notebook that does not report)
         return {}
     if state.get("stage") == "train":
-        try:
-            with open(out_dir / "train" / "epochs.csv", newline="") as f:
-                rows = [r for r in csv.DictReader(f) if r.get("epoch")]
-        except OSError:
-            rows = []
-        if rows:
-            last = rows[-1]
-            state["epoch"] = int(float(last["epoch"])) + 1   # the trainer counts epochs from 0: this many are done
-            for k in ("train_loss", "val_loss"):
-                try:
-                    state[k] = float(last[k])
-                except (KeyError, TypeError, ValueError):
-                    pass
-        else:
-            state["epoch"] = 0
+        state.update(last_epoch(out_dir) or {"epoch": 0})
     return state
+
+
+def last_epoch(out_dir) -> dict:
+    "The last row of the run's train/epochs.csv: epochs done (the trainer counts from 0), losses; {} if none yet."
+    try:
+        with open(Path(out_dir) / "train" / "epochs.csv", newline="") as f:
+            rows = [r for r in csv.DictReader(f) if r.get("epoch")]
+    except OSError:
+        return {}
+    if not rows:
+        return {}
+    last, out = rows[-1], {}
+    out["epoch"] = int(float(last["epoch"])) + 1
+    for k in ("train_loss", "val_loss"):
+        try:
+            out[k] = float(last[k])
+        except (KeyError, TypeError, ValueError):
+            pass
+    return out
 
 
 def _fmt_time(s: float) -> str:
@@ -126,6 +131,7 @@ class MatrixProgress:
         self.mode, self.runs = mode, runs
         self.seen = {r["id"]: None for r in runs}     # last phrase printed (lines mode)
         self.train0 = {}                              # run id -> (time, epoch) when training was first seen
+        self.trained = set()                          # runs whose training was shown (lines mode)
         self.bars = {}
         self.width = max((len(r["id"]) for r in runs), default=10)
         if mode == "bars":
@@ -177,13 +183,28 @@ class MatrixProgress:
         key = phrase
         if state.get("stage") == "train" and state.get("epochs"):
             key = f"train {10 * state.get('epoch', 0) // max(1, state['epochs'])}"
+            self.trained.add(rid)
+        elif state.get("stage") in ("sampling", "scoring", "done"):
+            self._show_training(rid, out_dir)
         if key != self.seen.get(rid):
             self.seen[rid] = key
             print(f"{rid}: {phrase}", file=self.stream, flush=True)
 
-    def finish(self, rid: str, rec: dict) -> None:
+    def _show_training(self, rid: str, out_dir) -> None:
+        "Lines mode: a run's training ended between two polls; say once how it ended, before what came next."
+        if rid in self.trained or not out_dir:
+            return
+        self.trained.add(rid)
+        done = last_epoch(out_dir)
+        if done:
+            print(f"{rid}: {describe({'stage': 'train', 'epochs': done['epoch'], **done})} (done)",
+                  file=self.stream, flush=True)
+
+    def finish(self, rid: str, rec: dict, out_dir=None) -> None:
         "A run ended: its status and wall time (on its bar, or as a line)."
         phrase = f"{rec['status']}, {rec.get('seconds', 0):.1f} s"
+        if self.mode == "lines":
+            self._show_training(rid, out_dir)
         if self.mode == "bars":
             b = self.bars[rid]
             if b.total is not None:
@@ -233,7 +254,7 @@ def run_matrix(matrix: Path, out_root: Path, jobs: int = 2, progress: str = "aut
                         rec = {"status": "failed", "error": traceback.format_exc()}
                     rec["id"] = r["id"]
                     done[r["id"]] = rec
-                    view.finish(r["id"], rec)
+                    view.finish(r["id"], rec, (r.get("parameters") or {}).get("out_dir"))
                     if rec["status"] != "ok" and progress == "off":
                         print(f"{r['id']}: failed: {str(rec.get('error', ''))[-300:]}", file=sys.stderr)
                 for f in pending:

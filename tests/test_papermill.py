@@ -123,3 +123,23 @@ def test_run_state_reads_the_trainer_log(tmp_path):
     assert run_matrix.describe(st, eta=3725) == "train epoch 2/100, loss 0.8125, ETA 1:02:05"
     (tmp_path / "progress.json").write_text("{half")                    # torn write: treated as not yet written
     assert run_matrix.run_state(tmp_path) == {}
+
+
+def test_lines_show_a_training_that_ended_between_polls(tmp_path):
+    "A run that trains faster than the poll still shows its last epoch once, before its next stage or its end."
+    import io
+    sys.path.insert(0, str(ROOT / "ci"))
+    import run_matrix
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "epochs.csv").write_text("epoch,step,train_loss,val_loss\n0,10,0.9,1.1\n1,20,0.5,0.6\n")
+    (tmp_path / "progress.json").write_text(json.dumps({"stage": "sampling", "n_test": 8}))
+    s = io.StringIO()
+    view = run_matrix.MatrixProgress([{"id": "r"}], mode="lines", stream=s)
+    view.update("r", "running", tmp_path)
+    view.update("r", "running", tmp_path)                        # the same stage again: nothing new
+    view.finish("r", {"status": "ok", "seconds": 1.0}, tmp_path)
+    assert s.getvalue().splitlines() == ["r: train epoch 2/2, loss 0.5 (done)", "r: sampling 8 crystals", "r: ok, 1.0 s"]
+    s2 = io.StringIO()                                           # no poll saw the run at all: finish still shows it
+    view = run_matrix.MatrixProgress([{"id": "q"}], mode="lines", stream=s2)
+    view.finish("q", {"status": "ok", "seconds": 2.0}, tmp_path)
+    assert s2.getvalue().splitlines() == ["q: train epoch 2/2, loss 0.5 (done)", "q: ok, 2.0 s"]
