@@ -17,7 +17,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_presets_and_errors():
-    assert set(rp.PRESETS) == {"smoke", "cpu", "paper"}
+    assert set(rp.PRESETS) == {"smoke", "cpu", "cpu-long", "paper"}
+    cl, c = rp.PRESETS["cpu-long"], rp.PRESETS["cpu"]   # the cpu network, trained longer, on the whole test split
+    assert (cl.hidden_dim, cl.num_layers, cl.num_freqs, cl.time_dim) == (c.hidden_dim, c.num_layers, c.num_freqs, c.time_dim)
+    assert cl.epochs > c.epochs and cl.n_test is None and cl.n_train is None
     p = rp.PRESETS["paper"]
     assert (p.hidden_dim, p.num_layers, p.num_freqs, p.epochs, p.batch_size, p.sample_steps) == (512, 6, 128, 3000, 1024, 1000)
     assert rp.get_preset("cpu", n_test=7).n_test == 7

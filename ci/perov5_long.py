@@ -1,0 +1,90 @@
+"""The `cpu-long` Perov-5 run of one model: train the cpu network to `--epochs` (resuming the run folder if it holds
+a checkpoint), then sample the FULL test split once per sampling seed with the preset's sampler and score every
+sample with all the columns a match rate hides (ungated twin, invalid count, predicted/true volume).
+
+    OMP_NUM_THREADS=1 python ci/perov5_long.py --model diffcsp --epochs 500 --run-dir runs/perov5-long/diffcsp \
+        --seeds 0 1 2 --out runs/perov5-long/diffcsp/long.json
+
+`ci/collect_long.py` joins the two models' JSON into the committed record `ci/results/perov_5-cpu-long.json`.
+One network per model (training seed 0); the seeds are sampling seeds. Progress goes to stdout, one line per stage."""
+import argparse, json, math, time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from crystal_diffusion_book.data import collate
+from crystal_diffusion_book.nfe import score_predictions
+from crystal_diffusion_book.reproduce import (CPU_LONG_SAMPLER, build_model, environment, get_preset, load_csp_data,
+                                              train_config)
+from crystal_diffusion_book.train import train, validation_loss
+
+
+def log(*a):
+    print(time.strftime("%H:%M:%S"), *a, flush=True)
+
+
+def epoch_curve(epochs_csv: Path, marks=(25, 50, 100, 150, 200, 300, 400, 500)) -> dict:
+    "Validation loss at a few epochs (to say whether the run had converged)."
+    ep = pd.read_csv(epochs_csv)                 # epoch is 0-based: the m-th epoch is row epoch == m - 1
+    out = {}
+    for m in (*marks, int(ep["epoch"].max()) + 1):
+        row = ep[ep["epoch"] == m - 1]
+        if len(row): out[str(m)] = float(row["val_loss"].iloc[0])
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", choices=sorted(CPU_LONG_SAMPLER), required=True)
+    p.add_argument("--dataset", default="perov_5")
+    p.add_argument("--epochs", type=int, default=get_preset("cpu-long").epochs)
+    p.add_argument("--run-dir", type=Path, required=True, help="the run folder (train/ inside is resumed)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="sampling seeds")
+    p.add_argument("--n-test", type=int, default=None, help="test crystals (default: the whole split)")
+    p.add_argument("--out", type=Path, required=True, help="JSON written after every seed")
+    a = p.parse_args(argv)
+    if a.epochs < 1: p.error(f"--epochs must be positive, got {a.epochs}")
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    run = get_preset("cpu-long", epochs=a.epochs, n_test=a.n_test)
+    torch.set_num_threads(run.threads or 1)
+    t0 = time.perf_counter()
+    train_data, val_data, test_data, test_idx = load_csp_data(a.dataset, run, seed=0)
+    log(f"data: train {len(train_data)}, val {len(val_data)}, test {len(test_data)} ({time.perf_counter() - t0:.0f} s)")
+    torch.manual_seed(0)
+    net = build_model(a.model, run, a.dataset, train_data=train_data)
+    cfg = train_config(a.model, run, seed=0)
+    t0 = time.perf_counter()
+    res = train(net, train_data, val_data, cfg, out_dir=a.run_dir / "train", resume=True)
+    train_seconds = time.perf_counter() - t0
+    net.eval()
+    val = validation_loss(net, val_data, batch_size=256, seed=0)["loss"]
+    log(f"trained to epoch {res['epoch']} (this call {train_seconds:.0f} s); validation loss {val:.4f}")
+    kw = dict(CPU_LONG_SAMPLER[a.model])
+    n_steps = kw.pop("n_steps")
+    record = {"dataset": a.dataset, "model": a.model, "preset": run.name, "epochs": int(res["epoch"]),
+              "steps": int(res["step"]), "n_params": sum(q.numel() for q in net.parameters()),
+              "n_train": len(train_data), "n_val": len(val_data), "n_test": len(test_data),
+              "sampler": {"n_steps": n_steps, **kw}, "val_loss": val,
+              "val_loss_at_epoch": epoch_curve(a.run_dir / "train" / "epochs.csv"),
+              "train_seed": 0, "environment": environment(), "seeds": []}
+    for seed in a.seeds:
+        gen = torch.Generator(device=net.device).manual_seed(seed)
+        t0, preds = time.perf_counter(), []
+        for i in range(0, len(test_data), run.sample_batch_size):
+            batch = collate(test_data[i:i + run.sample_batch_size], self_loops=net.config.network.self_loops)
+            preds += net.sample(batch, n_steps=n_steps, generator=gen, **kw)
+            log(f"seed {seed}: sampled {min(i + run.sample_batch_size, len(test_data))}/{len(test_data)}")
+        sec = time.perf_counter() - t0
+        row = {"seed": seed, **score_predictions(preds, test_data, sec)}
+        record["seeds"].append(row)
+        a.out.write_text(json.dumps(record, indent=1, default=str))
+        log(f"seed {seed}: MR {100 * row['match_rate']:.2f} ± {100 * row['match_rate_se']:.2f}, ungated "
+            f"{100 * row['match_rate_ungated']:.2f}, RMSE {row['rmse']:.4f}, invalid {row['n_invalid']}, "
+            f"V/V0 {row['volume_ratio_median']:.3f} ({sec:.0f} s)")
+    mrs = [r["match_rate"] for r in record["seeds"]]
+    log(f"mean MR {100 * sum(mrs) / len(mrs):.2f} over {len(mrs)} seeds")
+
+
+if __name__ == "__main__":
+    main()

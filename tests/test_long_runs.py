@@ -1,0 +1,68 @@
+"""The `cpu-long` record's tools (ci/perov5_long.py, ci/collect_long.py): the joined record, its seed summary, and
+the errors a bad input gets. The long runs themselves are commands (chapter 72), not tests."""
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "ci"))
+import collect_long  # noqa: E402
+
+
+def _record(model, mrs, n_test=10, dataset="perov_5"):
+    seeds = [{"seed": i, "match_rate": mr, "match_rate_ungated": mr + 0.01, "rmse": 0.1 + i / 100, "n_invalid": i,
+              "volume_ratio_median": 1.0} for i, mr in enumerate(mrs)]
+    return {"dataset": dataset, "model": model, "n_test": n_test, "seeds": seeds, "environment": {"platform": "x"}}
+
+
+def test_collect_long_summarises_seeds(tmp_path):
+    for m, mrs in {"diffcsp": [0.5, 0.52, 0.55], "kldm": [0.6]}.items():
+        (tmp_path / f"{m}.json").write_text(json.dumps(_record(m, mrs)))
+    out = tmp_path / "rec.json"
+    subprocess.run([sys.executable, str(ROOT / "ci/collect_long.py"), str(tmp_path / "diffcsp.json"),
+                    str(tmp_path / "kldm.json"), "--out", str(out)], check=True, capture_output=True, text=True)
+    rec = json.loads(out.read_text())
+    s = rec["runs"]["diffcsp"]["summary"]["match_rate"]
+    assert s["mean"] == pytest.approx(statistics.fmean([0.5, 0.52, 0.55]), abs=1e-15)
+    assert s["std"] == pytest.approx(statistics.stdev([0.5, 0.52, 0.55]), abs=1e-15) and s["n_seeds"] == 3
+    assert rec["runs"]["kldm"]["summary"]["match_rate"]["std"] == 0.0          # one seed: no spread to report
+    assert "platform" not in rec["runs"]["kldm"]["environment"]                # no machine names in the record
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "no such file"), ("not_json", "not JSON"), ("no_field", "missing field 'seeds'"),
+    ("no_seed", "no sampling seed finished"), ("other_split", "test crystals, the others"), ("twice", "given twice")])
+def test_collect_long_errors_name_the_file(tmp_path, case, message):
+    good = tmp_path / "good.json"; good.write_text(json.dumps(_record("kldm", [0.5])))
+    bad = tmp_path / "bad.json"
+    if case == "not_json": bad.write_text("{")
+    elif case == "no_field": bad.write_text(json.dumps({k: v for k, v in _record("diffcsp", [0.5]).items() if k != "seeds"}))
+    elif case == "no_seed": bad.write_text(json.dumps(_record("diffcsp", [])))
+    elif case == "other_split": bad.write_text(json.dumps(_record("diffcsp", [0.5], n_test=20)))
+    elif case == "twice": bad.write_text(json.dumps(_record("kldm", [0.5])))
+    r = subprocess.run([sys.executable, str(ROOT / "ci/collect_long.py"), str(good), str(bad), "--out",
+                        str(tmp_path / "o.json")], capture_output=True, text=True)
+    assert r.returncode != 0 and message in r.stderr and str(bad) in r.stderr, r.stderr
+    assert not (tmp_path / "o.json").exists()                                  # nothing half-written
+
+
+def test_long_run_command_end_to_end(tmp_path):
+    "One epoch, four test crystals, two sampling seeds: the record has every column the chapter reads."
+    out = tmp_path / "long.json"
+    r = subprocess.run([sys.executable, str(ROOT / "ci/perov5_long.py"), "--model", "kldm", "--epochs", "1",
+                        "--run-dir", str(tmp_path / "run"), "--seeds", "0", "1", "--n-test", "4", "--out", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rec = json.loads(out.read_text())
+    assert rec["epochs"] == 1 and rec["n_test"] == 4 and [s["seed"] for s in rec["seeds"]] == [0, 1]
+    for s in rec["seeds"]:
+        assert {"match_rate", "match_rate_ungated", "rmse", "n_invalid", "volume_ratio_median"} <= set(s)
+        assert 0 <= s["match_rate"] <= s["match_rate_ungated"] + 1e-12 <= 1 + 1e-12
+    assert "mean MR" in r.stdout and "seed 1:" in r.stdout                     # progress, one line per stage
+    r = subprocess.run([sys.executable, str(ROOT / "ci/perov5_long.py"), "--model", "kldm", "--epochs", "0",
+                        "--run-dir", str(tmp_path / "run"), "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 2 and "--epochs must be positive" in r.stderr
