@@ -20,6 +20,11 @@ from crystal_diffusion_book.reproduce import (CPU_LONG_SAMPLER, build_model, env
 from crystal_diffusion_book.train import train, validation_loss
 
 
+def fmt(x, nd):
+    "A number, or a dash where there is none (no match: no RMSE)."
+    return "—" if x is None else f"{x:.{nd}f}"
+
+
 def log(*a):
     print(time.strftime("%H:%M:%S"), *a, flush=True)
 
@@ -80,8 +85,8 @@ def main(argv=None):
         record["seeds"].append(row)
         a.out.write_text(json.dumps(record, indent=1, default=str))
         log(f"seed {seed}: MR {100 * row['match_rate']:.2f} ± {100 * row['match_rate_se']:.2f}, ungated "
-            f"{100 * row['match_rate_ungated']:.2f}, RMSE {row['rmse']:.4f}, invalid {row['n_invalid']}, "
-            f"V/V0 {row['volume_ratio_median']:.3f} ({sec:.0f} s)")
+            f"{100 * row['match_rate_ungated']:.2f}, RMSE {fmt(row['rmse'], 4)}, invalid {row['n_invalid']}, "
+            f"V/V0 {fmt(row['volume_ratio_median'], 3)} ({sec:.0f} s)")
     mrs = [r["match_rate"] for r in record["seeds"]]
     log(f"mean MR {100 * sum(mrs) / len(mrs):.2f} over {len(mrs)} seeds")
 
