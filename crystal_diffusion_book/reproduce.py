@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
+from .registry import build, model_entry, model_names
 from .train import TrainConfig, preset as train_preset
 
 # %% ../nbs/70_reproduce_csp.ipynb #d3cba765
@@ -91,9 +92,10 @@ CPU_LONG_SAMPLER = {
 }
 
 # %% ../nbs/70_reproduce_csp.ipynb #e8d50019
-MODELS = ("diffcsp", "kldm", "tgdmat", "kldm-text")
-TEXT_MODELS = ("tgdmat", "kldm-text")
-TRAIN_REFERENCE = {"diffcsp": "diffcsp", "kldm": "kldm", "tgdmat": "tgdmat", "kldm-text": "kldm"}  # train.preset name
+# the model registry (chapter 65) is the one list of models; these names are read from it
+MODELS = model_names("csp")
+TEXT_MODELS = model_names("csp", text=True)
+TRAIN_REFERENCE = {m: model_entry(m).train_preset for m in MODELS}   # train.PRESETS name of each model
 
 def default_p_uncond(
     model: str,          # one of TEXT_MODELS
@@ -119,26 +121,14 @@ def build_model(
     if model in TEXT_MODELS:
         if not isinstance(text_dim, int) or text_dim < 0: raise ValueError(f"text_dim must be an integer >= 0, got {text_dim!r}")
         p_uncond = default_p_uncond(model) if p_uncond is None else float(p_uncond)
-    if model in ("diffcsp", "tgdmat"):
-        from crystal_diffusion_book.diffcsp import STEP_LR
-        ds = dataset if dataset in STEP_LR["csp"] else "mp_20"
-        if model == "diffcsp":
-            from crystal_diffusion_book.diffcsp import DiffCSP, DiffCSPConfig
-            return DiffCSP(DiffCSPConfig.make(task="csp", network=run.network, dataset=ds))
-        from crystal_diffusion_book.tgdmat import TGDMat, TGDMatConfig
-        return TGDMat(TGDMatConfig.make(task="csp", network=run.network, text_dim=text_dim, p_uncond=p_uncond, dataset=ds))
-    if parameterization not in ("simplified", "direct"):
-        raise ValueError(f"parameterization must be 'simplified' or 'direct', got {parameterization!r}")
-    if train_data is None: raise ValueError(f"train_data is needed for {model} (per-N lattice statistics)")
-    switches = dict(v0_init_scale=float(v0_scale), simplified=parameterization == "simplified",
-                    mean_free=bool(mean_free), t_f=float(t_f))
-    if model == "kldm":
-        from crystal_diffusion_book.kldm import KLDM, KLDMConfig
-        m = KLDM(KLDMConfig.make(task="csp", network=run.network, **switches))
-    else:
-        from crystal_diffusion_book.text_kldm import TextKLDM, TextKLDMConfig
-        m = TextKLDM(TextKLDMConfig.make(task="csp", network=run.network, text_dim=text_dim, p_uncond=p_uncond, **switches))
-    return m.fit_lattice_stats(list(train_data))
+    options = {}
+    if model_entry(model).reads_text: options.update(text_dim=text_dim, p_uncond=p_uncond)
+    if model in ("kldm", "kldm-text"):        # the KLDM switches of the ablations (chapter 33)
+        if parameterization not in ("simplified", "direct"):
+            raise ValueError(f"parameterization must be 'simplified' or 'direct', got {parameterization!r}")
+        options.update(v0_init_scale=float(v0_scale), simplified=parameterization == "simplified",
+                       mean_free=bool(mean_free), t_f=float(t_f))
+    return build(model, "csp", network=run.network, dataset=dataset, train_data=train_data, **options)
 
 def train_config(
     model: str,          # one of MODELS

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .model import CompositionSpec
+from .registry import build, model_entry, model_names
 from .reproduce import STATUS_LABELS, RunPreset, drop_degenerate
 
 # %% ../nbs/71_reproduce_dng.ipynb #395b5f8a
@@ -132,8 +133,8 @@ def sample_num_atoms(
     return torch.multinomial(p / p.sum(), n, replacement=True, generator=generator)
 
 # %% ../nbs/71_reproduce_dng.ipynb #39e38e44
-DNG_MODELS = ("diffcsp", "kldm", "tgdmat")
-TEXT_DNG_MODELS = ("tgdmat",)   # conditioned on one text embedding per generated crystal
+DNG_MODELS = model_names("dng")                     # from the model registry (chapter 65)
+TEXT_DNG_MODELS = model_names("dng", text=True)     # conditioned on one text embedding per generated crystal
 PLACEHOLDER_Z = 1   # atomic number put into a DNG spec's atom_types; DNG samplers ignore it
 
 def dng_spec(
@@ -155,17 +156,8 @@ def build_dng_model(
 ):                         # a `CrystalModel` with task="dng", float32
     "Build the DNG model of a reproduction run at the preset's network size."
     if model not in DNG_MODELS: raise ValueError(f"model must be one of {DNG_MODELS}, got {model!r}")
-    if model in ("diffcsp", "tgdmat"):
-        from crystal_diffusion_book.diffcsp import STEP_LR
-        ds = dataset if dataset in STEP_LR["dng"] else "mp_20"
-        if model == "diffcsp":
-            from crystal_diffusion_book.diffcsp import DiffCSP, DiffCSPConfig
-            return DiffCSP(DiffCSPConfig.make(task="dng", network=run.network, dataset=ds))
-        from crystal_diffusion_book.tgdmat import TGDMat, TGDMatConfig
-        return TGDMat(TGDMatConfig.make(task="dng", network=run.network, text_dim=text_dim, types=types, dataset=ds))
-    from crystal_diffusion_book.kldm import KLDM, KLDMConfig
-    if train_data is None: raise ValueError("train_data is needed for KLDM (per-N lattice statistics)")
-    return KLDM(KLDMConfig.make(task="dng", network=run.network)).fit_lattice_stats(list(train_data))
+    options = dict(text_dim=text_dim, types=types) if model_entry(model, "dng").reads_text else {}
+    return build(model, "dng", network=run.network, dataset=dataset, train_data=train_data, **options)
 
 def generate(
     model,                 # a DNG CrystalModel (config.task == "dng")
