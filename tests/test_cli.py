@@ -130,7 +130,9 @@ def test_train_refuses_to_overwrite_and_ctrl_c_resumes(tmp_path):
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "crystal_diffusion_book.cli", "train", "--dataset", "perov_5", "--model", "kldm",
            "--preset", "smoke", "--out", str(run_dir), "--quiet", "--threads", "1"]
-    p = subprocess.Popen(cmd + ["--epochs", "1000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a shell that starts the suite in the background ignores SIGINT for its children; start this one with the default
+    p = subprocess.Popen(cmd + ["--epochs", "1000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     t0 = time.time()
     while not (run_dir / "epochs.csv").exists() or len((run_dir / "epochs.csv").read_text().splitlines()) < 3:
         assert p.poll() is None and time.time() - t0 < 120, p.communicate()
