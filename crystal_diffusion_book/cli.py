@@ -42,6 +42,7 @@ POS_FLOAT = _number(float, "a finite number > 0", lo=0, lo_open=True)
 NONNEG_FLOAT = _number(float, "a finite number >= 0", lo=0)
 PROB = _number(float, "a probability in [0, 1)", lo=0, hi=1, hi_open=True)
 
+# %% ../nbs/90_cli.ipynb #c4463c75
 def _writable_folder(path, option="--out"):
     "Create the folder `path` and prove it writable with a temporary file; ValueError (exit 2) naming `option` otherwise."
     out = Path(path)
@@ -55,6 +56,7 @@ def _writable_folder(path, option="--out"):
         raise ValueError(f"{option} {out} is not a writable folder ({e.strerror or type(e).__name__})") from None
     return out
 
+# %% ../nbs/90_cli.ipynb #ed5a59b1
 def _writable_file(path, option="--out"):
     "Prove that the file `path` can be written (without changing an existing one); ValueError (exit 2) otherwise."
     f = Path(path)
@@ -132,6 +134,7 @@ def _read_cif(path):
     except Exception as e:
         return None, f"unreadable CIF ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})"
 
+# %% ../nbs/90_cli.ipynb #787bde2d
 def _eval_report(res, ids, preds, unreadable, n_scored):
     "The on-screen summary of an evaluation: predictions found, files unreadable, crystals scored, both match rates."
     n, n_pred = len(ids), sum(i in preds for i in ids)
@@ -147,6 +150,7 @@ def _eval_report(res, ids, preds, unreadable, n_scored):
     lines.append(repr(res))
     return "\n".join(lines), rate_pred
 
+# %% ../nbs/90_cli.ipynb #554bc9f8
 def _cmd_evaluate_csp(a):
     "Score predicted CIFs against a split under a named CSP protocol, saying what was predicted, read and scored."
     import inspect
@@ -235,6 +239,7 @@ def _prompt_fields(value, dataset, option):
 # %% ../nbs/90_cli.ipynb #67cd73fb
 _MODEL_CLASS = {"diffcsp": "DiffCSP", "kldm": "KLDM", "tgdmat": "TGDMat", "kldm-text": "TextKLDM"}
 
+# %% ../nbs/90_cli.ipynb #9a6e6465
 def _check_resume(path, model, preset, network):
     "ValueError (exit 2) unless the training checkpoint `path` holds `model` with the preset's network (read before any data)."
     from dataclasses import asdict, is_dataclass
@@ -258,6 +263,7 @@ def _check_resume(path, model, preset, network):
                          + "): give the run's --preset, or another --out")
     return ck
 
+# %% ../nbs/90_cli.ipynb #2480e579
 def _cmd_train(a):
     "Train one model at a preset's scale; write model.pt and run.json into --out."
     import time
@@ -365,6 +371,7 @@ def sample_spec(
                          f"trained on {text_dim}-d text embeddings")
     return CompositionSpec(spec.atom_types, spec.num_atoms, spec.labels, cond=emb.expand(spec.n_crystals, -1).clone())
 
+# %% ../nbs/90_cli.ipynb #584f3984
 def _sampler_calls(model, steps, guidance):
     "(sampler steps, network calls per step) of `model.sample` with `steps`; ValueError naming --steps if out of range."
     cfg = model.config
@@ -380,6 +387,7 @@ def _sampler_calls(model, steps, guidance):
     w = 1.0 if guidance is None else float(guidance)
     return n, calls * (1 if w in (0.0, 1.0) or not getattr(cfg, "text_dim", 0) else 2)
 
+# %% ../nbs/90_cli.ipynb #bae07cae
 def _spec_chunks(spec, size):
     "The crystals of a CompositionSpec in consecutive chunks of at most `size` crystals."
     from crystal_diffusion_book.model import CompositionSpec
@@ -391,6 +399,7 @@ def _spec_chunks(spec, size):
                               cond=None if spec.cond is None else spec.cond[i:i + size])
         start += n_at
 
+# %% ../nbs/90_cli.ipynb #9fea960c
 def _cmd_sample(a):
     "Sample crystals from a checkpoint and write CIF files, chunk by chunk as they are produced."
     out = Path(a.out)
@@ -515,6 +524,7 @@ _EXAMPLES = {
     "describe": "example:\n  cdb describe --dataset perov_5 --split test --long --limit 100 --jobs 2",
 }
 
+# %% ../nbs/90_cli.ipynb #e8a9591c
 def parser() -> argparse.ArgumentParser:  # the parser of every subcommand
     "The `cdb` argument parser."
     from crystal_diffusion_book import __version__
@@ -644,6 +654,7 @@ def parser() -> argparse.ArgumentParser:  # the parser of every subcommand
     q.set_defaults(func=lambda a: _generate(a.args))
     return p
 
+# %% ../nbs/90_cli.ipynb #9e7ad79d
 def _generate(argv):
     "Hand over to the model chapter's `generate` command."
     from crystal_diffusion_book.model import generate_main

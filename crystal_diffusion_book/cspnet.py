@@ -21,6 +21,7 @@ from .torus import wrap
 # %% ../nbs/30_cspnet.ipynb #47aef57b
 _ACTS = {"silu": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 
+# %% ../nbs/30_cspnet.ipynb #caec5e6d
 @dataclass
 class CSPNetConfig:
     "Hyperparameters of the CSPNet denoiser; the defaults are DiffCSP's CSP configuration."
@@ -169,6 +170,7 @@ class CSPLayer(nn.Module):
         agg = torch.zeros_like(hn).index_add_(0, dst, m) / deg        # (n_atoms, H): mean over incoming edges
         return h + self.node_mlp(torch.cat([hn, agg], dim=-1))
 
+# %% ../nbs/30_cspnet.ipynb #8ae69e60
 def _in_degree(dst, n_atoms, dtype):
     "Incoming edges of every atom, at least 1, as an (n_atoms, 1) float column (no host sync)."
     return torch.zeros(n_atoms, dtype=dtype, device=dst.device).index_add_(
@@ -185,6 +187,7 @@ def _require(
     else:
         torch._assert_async(ok, "CSPNet input check failed (self-loops or atom types); rerun on the CPU for the message")
 
+# %% ../nbs/30_cspnet.ipynb #4a4d4cf4
 class CSPNet(nn.Module):
     "DiffCSP's periodic E(3)-invariant denoiser, with KLDM's and TGDMat's variants as configuration switches."
     def __init__(self,

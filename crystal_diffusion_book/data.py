@@ -325,9 +325,11 @@ def _min_distance(structure):
 CDVAE_COMMIT = "f857f598d6f6cca5dc1ea0582d228f12dcc2c2ea"    # txie-93/cdvae
 DIFFCSP_COMMIT = "7121d159826efa2ba9500bf299250d96da37f146"  # jiaor17/DiffCSP
 
+# %% ../nbs/20_data.ipynb #4140d112
 def _raw_url(repo, commit, dataset, split):
     return f"https://raw.githubusercontent.com/{repo}/{commit}/data/{dataset}/{split}.csv"
 
+# %% ../nbs/20_data.ipynb #b973345f
 @dataclass(frozen=True)
 class DatasetInfo:
     "What is known about one benchmark dataset."
@@ -336,6 +338,7 @@ class DatasetInfo:
     properties: tuple          # property columns present in every version of the files
     citation: str              # whom to cite for the data
 
+# %% ../nbs/20_data.ipynb #f3f2559f
 @dataclass(frozen=True)
 class SplitFile:
     "One byte version of one split: where it lives and how to recognise it."
@@ -351,6 +354,7 @@ class SplitFile:
     mirror_paths: tuple = ()   # paths relative to a mirror root, tried in order (.gz tried too)
     note: str = ""             # provenance
 
+# %% ../nbs/20_data.ipynb #d5a81da1
 @dataclass(frozen=True)
 class Registry:
     "The datasets and their split files; pass your own to `fetch`/`load_dataset` to use other files."
@@ -387,6 +391,7 @@ _DATASETS = {
                            + _CITE_MODELS),
 }
 
+# %% ../nbs/20_data.ipynb #85fd0f0c
 def _files():
     "The table of known split files (sizes, sha256 and rows from the shared MANIFEST.md)."
     D, C = "jiaor17/DiffCSP", "txie-93/cdvae"
@@ -591,6 +596,7 @@ def fetch_entry(
         f"${MIRROR_ENV} (or passing mirror=), or by copying it into the cache as {cache / (split + '.' + cands[0].variant + '.csv')}. "
         f"Accepted versions: {_describe(cands)}")
 
+# %% ../nbs/20_data.ipynb #dae59e12
 def fetch(
     dataset,              # dataset name, e.g. 'mp_20'
     split,                # 'train', 'val' or 'test'
@@ -651,6 +657,7 @@ class ParseOptions:
     max_atoms: int = 0            # refuse cells with more atoms (0: no limit)
     min_distance: float = 0.5     # Å; closer sites count as duplicates (0: no check)
 
+# %% ../nbs/20_data.ipynb #4ca27b4b
 def parse_cif(
     cif,                  # the CIF text of one crystal
     options=ParseOptions(),  # `ParseOptions`
@@ -928,6 +935,7 @@ _CPK = {"H": "#ffffff", "C": "#404040", "N": "#3050f8", "O": "#ff0d0d", "F": "#9
         "S": "#ffff30", "P": "#ff8000", "Na": "#ab5cf2", "K": "#8f40d4", "Ca": "#3dff00", "Mg": "#8aff00",
         "Ti": "#bfc2c7", "Fe": "#e06633", "Sr": "#00ff00", "Ba": "#00c900", "Li": "#cc80ff", "Si": "#f0c8a0"}
 
+# %% ../nbs/20_data.ipynb #ef74b532
 def plot_crystal(
     structure,            # a pymatgen `Structure` or a crystal `Data`
     ax=None,              # a 3D matplotlib axis (default: a new figure)

@@ -22,7 +22,7 @@ from .torus import mod1
 from .wrapped_normal import ve_sigma_schedule, wn_score, wn_score_norm
 
 # %% ../nbs/32_diffcsp.ipynb #4e906339
-STEP_LR = {   # DiffCSP scripts/eval_utils.py (`recommand_step_lr`); method reference §1.3
+STEP_LR = {   # DiffCSP scripts/eval_utils.py (`recommand_step_lr`); chapter 95, DiffCSP sampler
     "csp":       {"perov_5": 5e-7, "carbon_24": 5e-6, "mp_20": 1e-5, "mpts_52": 1e-5},
     "csp_multi": {"perov_5": 5e-7, "carbon_24": 5e-7, "mp_20": 1e-5, "mpts_52": 1e-5},
     "dng":       {"perov_5": 1e-6, "carbon_24": 1e-5, "mp_20": 5e-6},
@@ -44,7 +44,7 @@ def recommended_step_lr(
 # %% ../nbs/32_diffcsp.ipynb #cfdc8d9d
 @dataclass
 class DiffCSPConfig:
-    "DiffCSP's configuration; defaults are the reference CSP model (method reference §1)."
+    "DiffCSP's configuration; defaults are the reference CSP model (chapter 95, DiffCSP)."
     task: str = "csp"            # "csp" (atom types given) or "dng" (atom types diffused too)
     T: int = 1000                # diffusion steps
     sigma_begin: float = 0.005   # σ_1 of the wrapped-normal VE schedule
@@ -162,7 +162,7 @@ class DiffCSP(CrystalModel):
              t=None,               # optional (n_crystals,) long times; drawn uniformly from 1..T if None
              generator=None,       # torch.Generator for t and the noise
             ) -> dict:             # "coord", "lattice" ("type" in DNG) mean squared errors and the weighted "loss"
-        "DiffCSP's training loss of a batch (method reference §1.1, §1.4)."
+        "DiffCSP's training loss of a batch (chapter 95, DiffCSP forward process; DiffCSP training loss)."
         c, dtype, dev = self.config, self.dtype, self.sigmas.device
         nb = self.noise_batch(batch, t, generator)
         t, index = nb["t"], nb["index"]
@@ -209,7 +209,7 @@ class DiffCSP(CrystalModel):
                        type_process=None,       # replaces the type diffusion (TGDMat): start(n_atoms, generator),
                                                 # input(state), step(state, out, t, k, generator), decode(state) -> Z
                       ) -> dict:                # frac (n_atoms, 3), lattice (n_crystals, 3, 3), types (n_atoms,), index [, trajectory]
-        "DiffCSP's predictor–corrector sampler (method reference §1.3), batched over crystals."
+        "DiffCSP's predictor–corrector sampler (chapter 95, DiffCSP sampler), batched over crystals."
         c = self.config
         method = method or "pc"
         if method not in ("pc", "predictor"): raise ValueError(f"method must be 'pc' or 'predictor', got {method!r}")

@@ -185,6 +185,7 @@ class TDMPath(NamedTuple):
     v: torch.Tensor       # (n_save, n_atoms, d) velocities
     r: torch.Tensor       # (n_save, n_atoms, d) unwrapped displacements
 
+# %% ../nbs/12_kinetic.ipynb #15e623a9
 def simulate_tdm(
     f0,                 # (n_atoms, d) initial positions, in units of `period`
     v0,                 # (n_atoms, d) initial velocities, or a number
@@ -218,6 +219,7 @@ def simulate_tdm(
     v, r = torch.stack(vs), torch.stack(rs)
     return TDMPath(torch.tensor(times, dtype=f0.dtype), wrap(f0 + r, period), v, r)
 
+# %% ../nbs/12_kinetic.ipynb #9a1d8ca9
 def em_moments(
     t,          # final internal time > 0
     n_steps,    # Euler–Maruyama steps

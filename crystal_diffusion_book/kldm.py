@@ -29,7 +29,7 @@ NU_TAU_MIN, NU_TABLE_SIZE = 1e-4, 2000   # the ν table covers network times τ 
 # %% ../nbs/33_kldm.ipynb #482aec24
 @dataclass
 class KLDMConfig:
-    "KLDM's configuration; defaults are the reference CSP model on MP-20 (method reference §2)."
+    "KLDM's configuration; defaults are the reference CSP model on MP-20 (chapter 95, KLDM)."
     task: str = "csp"                 # "csp" (atom types given) or "dng" (types by masking diffusion)
     t_f: float = 2.0                  # TDM horizon: internal time t = t_f·τ (§2.1)
     v0_init_scale: float = 0.0        # std of the initial velocities v_0 (0: KLDM; > 0 needs the direct parameterisation)
@@ -196,7 +196,7 @@ class KLDM(CrystalModel):
                 edge_index,  # (2, E) edges without self-loops
                 cond=None,   # optional (n_crystals, cond_dim) per-crystal condition (network.cond_dim > 0; chapter 62)
                ) -> dict:    # coord (n_atoms, 3); lattice (n_crystals, 6): x̂_0; types (n_atoms, 100) logits (DNG)
-        "One network call; the network sees pos/2π and v/2π (method reference §2.1)."
+        "One network call; the network sees pos/2π and v/2π (chapter 95, KLDM spaces and network inputs)."
         dt = self.dtype
         return self.net(tau, types_in, (pos / TWO_PI).to(dt), latent.to(dt), index, edge_index, velocity=(vel / TWO_PI).to(dt),
                         cond=cond)
@@ -266,6 +266,7 @@ def _per_crystal_step(tau_c, score, index, n_cr):
     msq = scatter(score.pow(2).mean(-1), index, dim=0, dim_size=n_cr, reduce="mean")   # (n_crystals,)
     return (tau_c / msq.clamp_min(1e-12))[index, None]
 
+# %% ../nbs/33_kldm.ipynb #688919bb
 @torch.no_grad()
 def _kldm_sample_tensors(self,
                    spec: CompositionSpec,        # compositions (CSP) or atom counts (DNG; its atom_types are ignored)
@@ -279,7 +280,7 @@ def _kldm_sample_tensors(self,
                    denoiser=None,                # replaces `self.denoise` (same signature): exact-score tests
                    trajectory_every: int | None = None, # keep every k-th step (None: about 50 frames)
                   ) -> dict:                     # frac (n_atoms, 3) in [0, 1), lattice (n_crystals, 3, 3), types, index, latent, velocity [, trajectory]
-    "KLDM's samplers in float64 (method reference §2.5): exponential-integrator EM, its probability-flow ODE, and PC."
+    "KLDM's samplers in float64 (chapter 95, KLDM samplers): exponential-integrator EM, its probability-flow ODE, and PC."
     c = self.config
     method = method or c.method
     if method not in ("pc", "em", "ode"): raise ValueError(f"method must be 'pc', 'em' or 'ode', got {method!r}")

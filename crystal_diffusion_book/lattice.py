@@ -197,6 +197,7 @@ def _coef(table, t, x, name="t"):
     c = table[t].to(dtype=x.dtype, device=x.device)
     return c.reshape(c.shape + (1,) * (x.ndim - c.ndim))
 
+# %% ../nbs/14_lattice.ipynb #0d896ac0
 @dataclass
 class DDPMSchedule:
     "Discrete DDPM bookkeeping: betas, alphas, ᾱ and posterior variances, all (T + 1,) and 1-based."
@@ -306,6 +307,7 @@ def _trimmed_mean_std(y, k):
     ys = ys[k:len(ys) - k]
     return ys.mean(0), ys.std(0, correction=0)
 
+# %% ../nbs/14_lattice.ipynb #e8021f82
 @dataclass
 class LatticeLatentStats:
     "Per-atom-count location and scale of log-lengths for KLDM's lattice latent, with a pooled fallback."

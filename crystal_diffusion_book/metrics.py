@@ -35,6 +35,7 @@ from pymatgen.core import Composition, Element, Lattice, Structure
 _MIN_CELL_VOLUME = 1e-6   # Å^3; below this a lattice is treated as singular
 _MIN_VECTOR_LENGTH = 1e-6 # Å
 
+# %% ../nbs/40_metrics.ipynb #434a2ccb
 def _to_numpy(x):
     "A float64/int numpy copy of a tensor, array or nested list."
     if isinstance(x, torch.Tensor):
@@ -42,6 +43,7 @@ def _to_numpy(x):
         return x.numpy().astype(np.float64) if x.is_floating_point() else x.numpy()
     return np.asarray(x)
 
+# %% ../nbs/40_metrics.ipynb #6ef3d92a
 def build_structure(
     frac,        # fractional coordinates, (n_atoms, 3), tensor or array
     atom_types,  # atomic numbers Z (n_atoms,), or element symbols
@@ -118,6 +120,7 @@ def structure_validity(
 # %% ../nbs/40_metrics.ipynb #8a9e5761
 EVAL_EXTRA = 'pip install "crystal-diffusion-book[eval]"'
 
+# %% ../nbs/40_metrics.ipynb #2f2e5c86
 def _require(
     module,   # the module to import, e.g. "smact"
     what,     # what needs it, for the message
@@ -129,6 +132,7 @@ def _require(
     except ImportError as e:
         raise ImportError(f"{what} needs the {module!r} package, which is not installed; install it with: {EVAL_EXTRA}") from e
 
+# %% ../nbs/40_metrics.ipynb #0e2dfeca
 @lru_cache(maxsize=None)
 def _smact_element(symbol):
     "Oxidation states (tuple) and Pauling electronegativity (float or NaN) of an element, from SMACT."
@@ -138,10 +142,12 @@ def _smact_element(symbol):
     chi = e.pauling_eneg if e.pauling_eneg is not None else float("nan")
     return ox, chi
 
+# %% ../nbs/40_metrics.ipynb #bcbcc9bc
 @lru_cache(maxsize=None)
 def _smact_metals():
     return frozenset(_require("smact", "SMACT validity").metals)
 
+# %% ../nbs/40_metrics.ipynb #96b821a8
 def _element_counts(composition):
     "Sorted element symbols and integer counts from a Composition, Structure, dict or sequence of Z."
     if isinstance(composition, Structure): composition = composition.composition
@@ -157,6 +163,7 @@ def _element_counts(composition):
     if not np.allclose(counts, np.round(counts)): raise ValueError(f"composition must have integer counts, got {dict(items)}")
     return syms, np.round(counts).astype(np.int64)
 
+# %% ../nbs/40_metrics.ipynb #b0927b41
 def smact_validity(
     composition,               # Composition, Structure, {element: count} dict, or atomic numbers (n_atoms,)
     use_gcd=True,              # divide counts by their gcd first (DiffCSP); False = raw counts (KLDM)
@@ -229,6 +236,7 @@ def crystal_validity(
 class ItemTimeout(Exception):
     "Raised inside a work item that ran past its time limit."
 
+# %% ../nbs/40_metrics.ipynb #1ddbf1e1
 @contextmanager
 def time_limit(
     seconds,   # wall-clock limit in seconds; None or 0 disables it
@@ -247,6 +255,7 @@ def time_limit(
         signal.setitimer(signal.ITIMER_REAL, 0.0)
         signal.signal(signal.SIGALRM, old)
 
+# %% ../nbs/40_metrics.ipynb #1dca9480
 def _safe_call(fn, i):
     try:
         return fn(i)
@@ -255,6 +264,7 @@ def _safe_call(fn, i):
     except Exception as e:
         return {"error": f"{type(e).__name__}: {e}"}
 
+# %% ../nbs/40_metrics.ipynb #5f23c5ba
 def _worker_loop(fn, tasks, results, torch_threads):
     torch.set_num_threads(torch_threads)
     while True:
@@ -263,6 +273,7 @@ def _worker_loop(fn, tasks, results, torch_threads):
         start, stop = chunk
         results.put((start, [_safe_call(fn, i) for i in range(start, stop)]))
 
+# %% ../nbs/40_metrics.ipynb #d4357636
 def free_cores(
     reserve=0.0,   # cores to leave free for other work
 ):                 # number of worker processes that will not oversubscribe this machine, ≥ 1
@@ -279,6 +290,7 @@ def _pipe_worker(fn, conn, torch_threads):
         for i in range(*chunk):
             conn.send(("start", i)); conn.send(("done", i, _safe_call(fn, i)))
 
+# %% ../nbs/40_metrics.ipynb #dd532fb2
 def _map_killable(fn, n_items, n_procs, chunksize, timeout, torch_threads, bar):
     "Run `fn` over range(n_items) in forked workers; a worker past `timeout` s on one item is killed and replaced."
     from multiprocessing.connection import wait
@@ -408,6 +420,7 @@ def _volume_ratio_stats(r):
     q25, med, q75 = np.quantile(r, [0.25, 0.5, 0.75])
     return dict(median=float(med), q25=float(q25), q75=float(q75), n=int(len(r)))
 
+# %% ../nbs/40_metrics.ipynb #558fb659
 @dataclass
 class CSPResult:
     "Match rate and RMSE of a CSP evaluation, with the protocol that produced them and what the gate hides."
@@ -448,6 +461,7 @@ class CSPResult:
 def _reduced_formula(s):
     return None if s is None else s.composition.reduced_formula
 
+# %% ../nbs/40_metrics.ipynb #9ca6e3ec
 def _passes_gate(s, proto, rule):
     "Whether one built prediction (or None) passes the protocol's validity gate."
     if proto.gate == "none": return True
@@ -455,6 +469,7 @@ def _passes_gate(s, proto, rule):
     if proto.gate == "structure": return structure_validity(s, rule.min_dist, rule.min_volume, rule.max_length)[0]
     return crystal_validity(s, rule)["valid"]
 
+# %% ../nbs/40_metrics.ipynb #6e8c4b31
 def _prepare_crystal(pred_samples, gt, proto, rule):
     "Everything about one test crystal except matching: build reasons, composition candidates, gate flags, V ratio."
     g, gwhy = as_structure(gt)
@@ -468,6 +483,7 @@ def _prepare_crystal(pred_samples, gt, proto, rule):
     vr = ps[0][0].volume / g.volume if ps[0][0] is not None else np.nan
     return dict(gwhy=gwhy, whys=[w for _, w in ps], cands=cands, ok=ok, gt_ok=gt_ok, present=present, vr=vr)
 
+# %% ../nbs/40_metrics.ipynb #eb42d739
 def _match_pair(matcher, s, g):
     "Normalised rms of one pair, None when it does not match, or the matcher's error as a reason string."
     try:
@@ -476,6 +492,7 @@ def _match_pair(matcher, s, g):
         return f"matcher_error:{type(e).__name__}"
     return None if r is None else float(r[0])
 
+# %% ../nbs/40_metrics.ipynb #884ab8c6
 def _combine(prep, res):
     "Gated (rms, reason) and ungated rms of one crystal from its preparation and its pair results {j: result}."
     best = lambda js: min([res[j] for j in js if isinstance(res[j], float)], default=np.nan)
@@ -573,6 +590,7 @@ COV_CUTOFFS = {
     "tgdmat": {"perov_5": (0.2, 5.0), "carbon_24": (0.8, 4.0), "mp_20": (0.4, 10.0)},     # TGDMat generate_task
 }
 
+# %% ../nbs/40_metrics.ipynb #7073e45a
 def structure_fingerprint(
     structure,   # anything `as_structure` accepts
 ):               # (61,) mean CrystalNN "ops" site fingerprint, or None if it cannot be computed
@@ -585,6 +603,7 @@ def structure_fingerprint(
         return None
     return fp if np.isfinite(fp).all() else None
 
+# %% ../nbs/40_metrics.ipynb #4770269b
 def composition_fingerprint(
     composition,   # a Composition, Structure, or anything `as_structure` accepts
 ):                 # (132,) Magpie element-property statistics (unstandardised), or None
@@ -599,18 +618,21 @@ def composition_fingerprint(
         return None
     return fp if np.isfinite(fp).all() else None
 
+# %% ../nbs/40_metrics.ipynb #71834cb3
 @lru_cache(maxsize=None)
 def _cnn():
     _require("matminer", "the structural fingerprint (coverage)")
     from matminer.featurizers.site.fingerprint import CrystalNNFingerprint
     return CrystalNNFingerprint.from_preset("ops")
 
+# %% ../nbs/40_metrics.ipynb #6fada3ac
 @lru_cache(maxsize=None)
 def _magpie():
     _require("matminer", "the composition fingerprint (coverage)")
     from matminer.featurizers.composition.composite import ElementProperty
     return ElementProperty.from_preset("magpie")
 
+# %% ../nbs/40_metrics.ipynb #bea807f5
 def fingerprints(
     structures,        # sequence of samples (n,)
     n_procs=1,         # worker processes
@@ -628,6 +650,7 @@ def fingerprints(
             if o[1] is not None: cf[i] = o[1]
     return sf, cf
 
+# %% ../nbs/40_metrics.ipynb #133c1531
 def fit_standardiser(
     comp_fp,   # (n, d) reference composition fingerprints (NaN rows ignored)
 ):             # (mean (d,), std (d,)); a zero std is replaced by 1
@@ -638,6 +661,7 @@ def fit_standardiser(
     mu, sd = x.mean(axis=0), x.std(axis=0)
     return mu, np.where(sd > 0, sd, 1.0)
 
+# %% ../nbs/40_metrics.ipynb #d3c6b972
 @dataclass
 class CoverageResult:
     "COV-R and COV-P with the cutoffs, rule and standardisation that produced them."
@@ -651,6 +675,7 @@ class CoverageResult:
     n_generated_failed: int       # generated crystals without fingerprints (counted uncovered in COV-P)
     standardisation: str
 
+# %% ../nbs/40_metrics.ipynb #60caf1ce
 def coverage(
     gen_struct_fp, gen_comp_fp,    # (n_g, 61), (n_g, 132) generated fingerprints, NaN rows for failures
     ref_struct_fp, ref_comp_fp,    # (n_t, 61), (n_t, 132) reference (test-set) fingerprints
@@ -702,6 +727,7 @@ def wasserstein_1d(
     Fv = np.searchsorted(v, z[:-1], side="right") / len(v)
     return float(np.sum(np.abs(Fu - Fv) * np.diff(z)))
 
+# %% ../nbs/40_metrics.ipynb #8c0e1786
 @dataclass
 class PropertyResult:
     "Wasserstein distances of property distributions, with the subset rule that produced them."
@@ -713,6 +739,7 @@ class PropertyResult:
     n_valid: int
     n_generated: int
 
+# %% ../nbs/40_metrics.ipynb #949c3453
 def property_statistics(
     generated,            # sequence of generated samples (n_g,)
     reference,            # sequence of reference (test) crystals (n_t,)
@@ -789,6 +816,7 @@ class RelaxResult:
     n_steps: int = 0
     seconds: float = 0.0
 
+# %% ../nbs/40_metrics.ipynb #c37ab5dd
 @lru_cache(maxsize=None)
 def load_potential(
     model_name="0.3.0",   # a CHGNet checkpoint shipped with the chgnet wheel
@@ -800,6 +828,7 @@ def load_potential(
         warnings.simplefilter("ignore")
         return CHGNet.load(model_name=model_name, use_device="cpu", verbose=False)
 
+# %% ../nbs/40_metrics.ipynb #720bb9a7
 def _relax_one(structure, model, steps, fmax, relax_cell, seconds):
     import io, contextlib
     from chgnet.model import StructOptimizer
@@ -824,6 +853,7 @@ def _relax_one(structure, model, steps, fmax, relax_cell, seconds):
                        initial_energy_per_atom=float(e[0]) if len(e) else np.nan, structure=final if ok else None,
                        n_steps=len(e), seconds=time.perf_counter() - t0)
 
+# %% ../nbs/40_metrics.ipynb #4d6cf824
 def relax_structures(
     structures,            # samples to relax (n,)
     steps=100,             # FIRE steps at most
@@ -850,6 +880,7 @@ def relax_structures(
 # %% ../nbs/40_metrics.ipynb #593d73fc
 _PROTOTYPES = ("fcc", "bcc", "sc", "dimer")
 
+# %% ../nbs/40_metrics.ipynb #6b116fdd
 def elemental_prototypes(
     symbol,   # element symbol
 ):            # dict prototype name -> Structure, with a lattice constant from the atomic radius
@@ -862,6 +893,7 @@ def elemental_prototypes(
         "dimer": Structure(Lattice.cubic(10.0), [symbol] * 2, [[0, 0, 0], [2.0 * r / 10.0, 0, 0]]),
     }
 
+# %% ../nbs/40_metrics.ipynb #514b68e8
 def elemental_references(
     elements,            # element symbols
     prototypes=("fcc", "bcc", "sc", "dimer"),   # which prototypes of `elemental_prototypes` to try
@@ -883,6 +915,7 @@ def elemental_references(
             best[el] = (r.energy_per_atom, name)
     return best
 
+# %% ../nbs/40_metrics.ipynb #3ae2eea9
 def build_hull(
     compositions,        # reference compositions (Composition, Structure, or formula strings) (m,)
     energies_per_atom,   # their energies, eV/atom (m,); NaN entries are skipped
@@ -901,6 +934,7 @@ def build_hull(
     if not entries: raise ValueError("compositions must contain at least one finite entry")
     return PhaseDiagram(entries)
 
+# %% ../nbs/40_metrics.ipynb #20ee1244
 def e_above_hull(
     compositions,        # compositions of the samples (n,)
     energies_per_atom,   # their energies, eV/atom (n,)
@@ -920,6 +954,7 @@ def e_above_hull(
         reasons.append("ok")
     return out, reasons
 
+# %% ../nbs/40_metrics.ipynb #1f93b063
 @dataclass
 class SUNResult:
     "Stable / unique / novel rates with the threshold and hull they were computed with."
@@ -933,6 +968,7 @@ class SUNResult:
     hull: str                  # what the hull was built from
     matcher: str = "StructureMatcher() defaults: ltol=0.2, stol=0.3, angle_tol=5"
 
+# %% ../nbs/40_metrics.ipynb #593af8f7
 def sun_metrics(
     e_hull,             # (n,) energies above hull, eV/atom, NaN where undefined
     unique,             # (n,) bool from `uniqueness`

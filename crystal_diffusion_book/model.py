@@ -92,6 +92,7 @@ def parse_formula(
         raise ValueError(f"formula {formula!r} has no atoms")
     return sorted(zs)
 
+# %% ../nbs/31_model.ipynb #fa0da434
 def spec_from_formulas(
     formulas,              # a formula or a list of formulas, e.g. ["LiFePO4", "SrTiO3"]
     n_samples: int = 1,    # crystals to generate per formula
@@ -111,6 +112,7 @@ def spec_from_formulas(
             types += zs; counts.append(len(zs)); labels.append(f"{f.strip()}_{i}")
     return CompositionSpec(torch.tensor(types), torch.tensor(counts), labels)
 
+# %% ../nbs/31_model.ipynb #63e4e8da
 def spec_from_batch(
     batch,                 # a PyG `Batch` (or `Data`) of crystals with atom_types and num_atoms
 ) -> CompositionSpec:      # the compositions of those crystals, in the same order
@@ -196,6 +198,7 @@ class Trajectory(dict):
 # %% ../nbs/31_model.ipynb #4217c745
 _ALLOWED_MODULE_PREFIX = "crystal_diffusion_book."
 
+# %% ../nbs/31_model.ipynb #d2e4d141
 class CrystalModel(nn.Module):
     "Base class of every generative model: `loss(batch)`, `sample(...)`, `save`/`load`."
     config_class = None    # the configuration dataclass of the subclass
@@ -293,6 +296,7 @@ class CrystalModel(nn.Module):
         "Load a checkpoint written by `save` (weights_only=True); any CrystalModel subclass of this package."
         return load_model(path, map_location=map_location, expect=cls)
 
+# %% ../nbs/31_model.ipynb #cf29950f
 def load_model(
     path,                  # a checkpoint written by `CrystalModel.save`
     map_location="cpu",    # where to put the tensors
@@ -342,6 +346,7 @@ def _generate_parser():
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     return p
 
+# %% ../nbs/31_model.ipynb #f404d175
 def distinct_labels(
     labels,                # file stems, e.g. spec_from_formulas' ["SrTiO3_0", "SrTiO3_0"] for a repeated formula
 ) -> list:                 # the same stems where unique; a repeat of `<stem>_<k>` takes the next free k
@@ -359,6 +364,7 @@ def distinct_labels(
         out.append(label)
     return out
 
+# %% ../nbs/31_model.ipynb #7bc84428
 def write_cifs(
     structures,            # list of pymatgen Structures, None where a sample could not be built
     labels,                # one distinct file stem per structure
@@ -380,6 +386,7 @@ def write_cifs(
             f.write(str(CifWriter(s)))
     return n_bad
 
+# %% ../nbs/31_model.ipynb #830bdf85
 def generate_main(
     argv=None,             # command-line arguments without the program name (default: sys.argv[1:])
 ) -> int:                  # exit code: 0 ok, 1 some samples unbuildable, 2 bad arguments

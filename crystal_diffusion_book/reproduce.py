@@ -77,6 +77,7 @@ PRESETS = {
                        batch_size=1024, n_train=None, n_val=None, n_test=None, sample_steps=1000),
 }
 
+# %% ../nbs/70_reproduce_csp.ipynb #030388ae
 def get_preset(
     name: str,      # "smoke", "cpu", "cpu-long" or "paper"
     **overrides,    # RunPreset fields to change (e.g. n_test=50)
@@ -97,6 +98,7 @@ MODELS = model_names("csp")
 TEXT_MODELS = model_names("csp", text=True)
 TRAIN_REFERENCE = {m: model_entry(m).train_preset for m in MODELS}   # train.PRESETS name of each model
 
+# %% ../nbs/70_reproduce_csp.ipynb #82137229
 def default_p_uncond(
     model: str,          # one of TEXT_MODELS
 ) -> float:              # condition dropout of the model as we run it by default
@@ -104,6 +106,7 @@ def default_p_uncond(
     if model not in TEXT_MODELS: raise ValueError(f"model must be one of {TEXT_MODELS}, got {model!r}")
     return 0.0 if model == "tgdmat" else 0.1
 
+# %% ../nbs/70_reproduce_csp.ipynb #5798cdf1
 def build_model(
     model: str,                      # one of MODELS: "diffcsp", "kldm", "tgdmat" or "kldm-text"
     run: RunPreset,                  # the run's scale
@@ -130,6 +133,7 @@ def build_model(
                        mean_free=bool(mean_free), t_f=float(t_f))
     return build(model, "csp", network=run.network, dataset=dataset, train_data=train_data, **options)
 
+# %% ../nbs/70_reproduce_csp.ipynb #4bf28c12
 def train_config(
     model: str,          # one of MODELS
     run: RunPreset,      # the run's scale
@@ -176,6 +180,7 @@ class PublishedNumber:
 
 _DATASETS = ("perov_5", "carbon_24", "mp_20", "mpts_52")
 
+# %% ../nbs/70_reproduce_csp.ipynb #f1392d84
 def _row(model, k, values, status, source, protocol):
     out = []
     for ds, v in zip(_DATASETS, values):
@@ -206,7 +211,7 @@ PUBLISHED_CSP = [
     *_row("TGDMat, short prompt", 20, ["-", "-", (80.04, 0.0782), "-"], "R",
           "ryoji-kubo/TGDMat README (official code)", "tgdmat (pred valid, best of k)"),
     *_row("KLDM", 10, [None, None, None, None], "NF", "KLDM README recipe (k = 10)", "kldm"),
-    *_row("TGDMat, long prompt", 1, [None, None, None, None], "NF", "not in published-numbers.md", "tgdmat (pred valid)"),
+    *_row("TGDMat, long prompt", 1, [None, None, None, None], "NF", "not in our sources", "tgdmat (pred valid)"),
 ]
 
 # TGDMat prompt-field ablation, MP-20, k = 1 (R, ryoji-kubo/TGDMat README): prompt field -> (the README's name of the
@@ -223,6 +228,7 @@ STATUS_LABELS = {"P": "read in the paper or the authors' README", "S": "second-h
                  "R": "a third party's reproduction with the official code", "U": "commonly quoted, not yet checked",
                  "NF": "not found yet"}
 
+# %% ../nbs/70_reproduce_csp.ipynb #c6b40825
 def published(
     dataset: str,          # "perov_5", "carbon_24", "mp_20" or "mpts_52"
     k: int | None = None,  # samples per crystal (None: every k)
@@ -235,6 +241,7 @@ def published(
 def _fmt(x, nd):
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
 
+# %% ../nbs/70_reproduce_csp.ipynb #9c497e5b
 def run_label(
     r: dict,      # one run's results dict
 ) -> str:         # a short name: the model, its non-default switches, and for text models the prompt
@@ -259,6 +266,7 @@ def run_label(
     if sw: name += " (" + ", ".join(sw) + ")"
     return name
 
+# %% ../nbs/70_reproduce_csp.ipynb #83d63dc5
 def results_table(
     runs: list,            # our runs' results dicts (the RESULTS: lines); failed runs may hold an "error" key
     dataset: str,          # the dataset the runs used (selects the published rows)
@@ -321,6 +329,7 @@ def test_indices(
     n = min(n_test or n_total, n_total)
     return torch.randperm(n_total, generator=g)[:n].sort().values.tolist()
 
+# %% ../nbs/70_reproduce_csp.ipynb #a434380d
 def text_rows(
     dataset: str,          # dataset name
     split: str,            # "train", "val" or "test"
@@ -353,6 +362,7 @@ def text_rows(
     emb = text.embed_texts(texts, encoder, cache_dir=cdb_data.default_cache_dir() / "text" / "embeddings")
     return text.attach_text_embeddings([ds[i] for i in rows], emb, texts), texts
 
+# %% ../nbs/70_reproduce_csp.ipynb #26987922
 def load_csp_data(
     dataset: str,            # dataset name
     run: RunPreset,          # the run's scale (n_train, n_val, n_test)

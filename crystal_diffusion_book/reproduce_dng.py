@@ -38,6 +38,7 @@ class PublishedDNG:
     source: str                         # where the number comes from
     protocol: str                       # the protocol as far as known (our DNG_PROTOCOLS name where one fits)
 
+# %% ../nbs/71_reproduce_dng.ipynb #959ea6b5
 @dataclass(frozen=True)
 class PublishedSUN:
     "One published S.U.N. rate (% of generated crystals stable, unique and novel)."
@@ -49,6 +50,7 @@ class PublishedSUN:
 
 DNG_DATASETS = ("perov_5", "carbon_24", "mp_20")
 
+# %% ../nbs/71_reproduce_dng.ipynb #ed760c40
 def _nf(model, source, protocol):
     return [PublishedDNG(model, ds, None, None, None, None, None, None, "NF", source, protocol) for ds in DNG_DATASETS]
 
@@ -58,7 +60,7 @@ PUBLISHED_DNG = [
     PublishedDNG("TGDMat, reproduction", "mp_20", 99.98, 98.91, 86.09, 73.30, 6.3507, 1.9102, "R",
                  "ryoji-kubo/TGDMat README (official code)", "tgdmat (one sample per test crystal, conditioned on its text)"),
     *[p for p in _nf("TGDMat", "not in our sources", "tgdmat") if p.dataset != "mp_20"],
-    *_nf("DiffCSP", "DiffCSP paper's DNG table: not transcribed into published-numbers.md yet", "diffcsp"),
+    *_nf("DiffCSP", "DiffCSP paper's DNG table: not transcribed into the book yet", "diffcsp"),
     *_nf("KLDM", "none found (KLDM's public code has no DNG configuration)", "kldm"),
 ]
 
@@ -68,6 +70,7 @@ PUBLISHED_SUN = [
     PublishedSUN("KLDM", "mp_20", None, "NF", "none found (KLDM's public code has no stability evaluation)"),
 ]
 
+# %% ../nbs/71_reproduce_dng.ipynb #d98531e3
 def published_dng(
     dataset: str,   # "perov_5", "carbon_24" or "mp_20"
 ) -> list:          # the PublishedDNG rows of that dataset
@@ -137,6 +140,7 @@ DNG_MODELS = model_names("dng")                     # from the model registry (c
 TEXT_DNG_MODELS = model_names("dng", text=True)     # conditioned on one text embedding per generated crystal
 PLACEHOLDER_Z = 1   # atomic number put into a DNG spec's atom_types; DNG samplers ignore it
 
+# %% ../nbs/71_reproduce_dng.ipynb #2370094c
 def dng_spec(
     num_atoms,    # (n,) atom counts of the crystals to generate
     cond=None,    # optional (n, d) per-crystal condition (TGDMat: text embeddings)
@@ -146,6 +150,7 @@ def dng_spec(
     return CompositionSpec(torch.full((int(num_atoms.sum()),), PLACEHOLDER_Z, dtype=torch.long), num_atoms,
                            [f"dng{i}" for i in range(len(num_atoms))], cond=cond)
 
+# %% ../nbs/71_reproduce_dng.ipynb #461c3ac6
 def build_dng_model(
     model: str,            # "diffcsp", "kldm" or "tgdmat"
     run: RunPreset,        # the run's scale (chapter 70's presets)
@@ -159,6 +164,7 @@ def build_dng_model(
     options = dict(text_dim=text_dim, types=types) if model_entry(model, "dng").reads_text else {}
     return build(model, "dng", network=run.network, dataset=dataset, train_data=train_data, **options)
 
+# %% ../nbs/71_reproduce_dng.ipynb #89cd3e69
 def generate(
     model,                 # a DNG CrystalModel (config.task == "dng")
     num_atoms,             # (n,) atom counts of the crystals to generate
@@ -184,6 +190,7 @@ def generate(
 def _nan_to_none(x):
     return None if isinstance(x, float) and math.isnan(x) else x
 
+# %% ../nbs/71_reproduce_dng.ipynb #a7c2dca0
 def dng_metrics(
     generated,              # generated samples (n_g,): Structures, None where unbuildable
     reference,              # reference crystals, the test split or a subset of it (n_t,)
@@ -242,13 +249,16 @@ def dng_metrics(
 def _pct(x, nd=1):
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.{nd}f}"
 
+# %% ../nbs/71_reproduce_dng.ipynb #ac8be2e9
 def _num(x, nd=3):
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
 
+# %% ../nbs/71_reproduce_dng.ipynb #762d762a
 def _pct_se(p, n):
     if p is None or not n: return "—"
     return f"{100 * p:.1f} ± {100 * math.sqrt(p * (1 - p) / n):.1f}"
 
+# %% ../nbs/71_reproduce_dng.ipynb #0c8db361
 def dng_label(
     r: dict,   # one run's results dict
 ) -> str:      # the model's name
@@ -258,6 +268,7 @@ def dng_label(
         name += f" (test texts, {r.get('tgdmat_types') or 'published'} types)"
     return name
 
+# %% ../nbs/71_reproduce_dng.ipynb #6c9bf582
 def dng_results_table(
     runs: list,     # our runs' results dicts (the RESULTS: lines); failed runs may hold an "error" key
     dataset: str,   # the dataset the runs used (selects the published rows)

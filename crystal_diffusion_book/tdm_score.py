@@ -57,6 +57,7 @@ def _state(v_t, r, v0):
         raise ValueError(f"v0 of shape {tuple(v0.shape)} does not broadcast to v_t's shape {tuple(v_t.shape)}")
     return r.to(v_t.dtype), v0
 
+# %% ../nbs/13_tdm_score.ipynb #e528425c
 def training_target(
     v_t,                           # (n_atoms, d) velocities at time t
     r,                             # (n_atoms, d) displacement f_t - f_0 (wrapped or not)
@@ -84,6 +85,7 @@ def training_target(
     target = -(v_t - a * v0) / s_v ** 2 + kappa * s_wn
     return center(target, index) if mean_free else target
 
+# %% ../nbs/13_tdm_score.ipynb #2e3d6778
 def rebuild_velocity_score(
     output,                        # (n_atoms, d) network output
     v_t,                           # (n_atoms, d) velocities the network was given

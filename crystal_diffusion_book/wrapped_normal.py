@@ -59,6 +59,7 @@ def n_images(
             return K.to(torch.long)
         K = K + bad
 
+# %% ../nbs/11_wrapped_normal.ipynb #ca00409c
 def n_fourier(
     sigma,        # noise scale(s), tensor or float, > 0
     tol=None,     # bound on the relative error of the density (default: machine epsilon of sigma's dtype)
@@ -100,6 +101,7 @@ def _wn_images(xt, sigma, period, K, need_logp=True, need_score=True):
         score = -(xt + period * S1 / S0) * (2 * inv2s2)
     return logp, score
 
+# %% ../nbs/11_wrapped_normal.ipynb #92651b64
 def _wn_fourier(xt, sigma, period, M, need_logp=True, need_score=True):
     "Fourier form on wrapped input xt: returns (log p, score) with terms m = 1..M (angle-addition recurrence)."
     theta = (2 * math.pi / period) * xt
@@ -118,6 +120,7 @@ def _wn_fourier(xt, sigma, period, M, need_logp=True, need_score=True):
     score = -(4 * math.pi / period) * D / C if need_score else None
     return logp, score
 
+# %% ../nbs/11_wrapped_normal.ipynb #28f36cf1
 def _wn_eval(x, sigma, period, need_logp, need_score):
     "Shared driver: validate, broadcast, wrap, and route each element to the cheaper exact series."
     x, sigma = _as_pair(x, sigma)
