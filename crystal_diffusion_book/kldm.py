@@ -12,6 +12,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 import torch
+from fastcore.basics import patch
 from torch import nn
 
 from .cspnet import CSPNetConfig, kldm_config
@@ -121,141 +122,154 @@ class KLDM(CrystalModel):
         "Floating dtype of the network's parameters."
         return self.net.node_in.weight.dtype
 
-    def fit_lattice_stats(self,
-                          data,   # training crystals: a list of Data / a Batch (with lengths, num_atoms)
-                         ):       # self, with the lattice statistics filled in
-        "Fit the per-N statistics of the lattice latent on training crystals (lattice chapter) and store them as buffers."
-        lengths = torch.cat([d.lengths.reshape(-1, 3) for d in data]) if isinstance(data, (list, tuple)) else data.lengths.reshape(-1, 3)
-        num_atoms = torch.cat([d.num_atoms.reshape(-1) for d in data]) if isinstance(data, (list, tuple)) else data.num_atoms.reshape(-1)
-        st = LatticeLatentStats.fit(lengths.double(), num_atoms, n_max=self.config.lattice_n_max)
-        for name in ("loc", "scale", "count", "coef", "pooled_scale"):
-            getattr(self, f"lat_{name}").copy_(getattr(st, name))
-        self.lat_fitted.fill_(True)
-        return self
+# %% ../nbs/33_kldm.ipynb #432c0ce1
+@patch
+def fit_lattice_stats(self: KLDM,
+                      data,   # training crystals: a list of Data / a Batch (with lengths, num_atoms)
+                     ):       # self, with the lattice statistics filled in
+    "Fit the per-N statistics of the lattice latent on training crystals (lattice chapter) and store them as buffers."
+    lengths = torch.cat([d.lengths.reshape(-1, 3) for d in data]) if isinstance(data, (list, tuple)) else data.lengths.reshape(-1, 3)
+    num_atoms = torch.cat([d.num_atoms.reshape(-1) for d in data]) if isinstance(data, (list, tuple)) else data.num_atoms.reshape(-1)
+    st = LatticeLatentStats.fit(lengths.double(), num_atoms, n_max=self.config.lattice_n_max)
+    for name in ("loc", "scale", "count", "coef", "pooled_scale"):
+        getattr(self, f"lat_{name}").copy_(getattr(st, name))
+    self.lat_fitted.fill_(True)
+    return self
 
-    def fit_data(self,
-                 train_data,   # training crystals (list-like of Data)
-                ):             # self
-        "The trainer's hook (`CrystalModel.fit_data`, chapter 50): fit the lattice statistics on the training crystals."
-        return self.fit_lattice_stats(list(train_data))
+@patch
+def fit_data(self: KLDM,
+             train_data,   # training crystals (list-like of Data)
+            ):             # self
+    "The trainer's hook (`CrystalModel.fit_data`, chapter 50): fit the lattice statistics on the training crystals."
+    return self.fit_lattice_stats(list(train_data))
 
-    @property
-    def data_fitted(self) -> bool:   # True once the lattice statistics are fitted or loaded from a checkpoint
-        "Whether the lattice statistics are in place."
-        return bool(self.lat_fitted)
+@patch(as_prop=True)
+def data_fitted(self: KLDM) -> bool:   # True once the lattice statistics are fitted or loaded from a checkpoint
+    "Whether the lattice statistics are in place."
+    return bool(self.lat_fitted)
 
-    @property
-    def lattice_stats(self) -> LatticeLatentStats:
-        "The lattice statistics as a `LatticeLatentStats` (ValueError before `fit_lattice_stats`)."
-        if not bool(self.lat_fitted):
-            raise ValueError("the lattice statistics are not fitted: call model.fit_lattice_stats(train_crystals) first")
-        return LatticeLatentStats(self.lat_loc, self.lat_scale, self.lat_count, self.lat_coef, self.lat_pooled_scale)
+@patch(as_prop=True)
+def lattice_stats(self: KLDM) -> LatticeLatentStats:
+    "The lattice statistics as a `LatticeLatentStats` (ValueError before `fit_lattice_stats`)."
+    if not bool(self.lat_fitted):
+        raise ValueError("the lattice statistics are not fitted: call model.fit_lattice_stats(train_crystals) first")
+    return LatticeLatentStats(self.lat_loc, self.lat_scale, self.lat_count, self.lat_coef, self.lat_pooled_scale)
 
-    def nu_lookup(self,
-                  tau,     # (n,) network times τ in [NU_TAU_MIN, 1], float64
-                 ):        # (n,) ν(t_f τ), float64, by linear interpolation of log ν in log τ
-        "The simplified target's normaliser from the precomputed table (one quadrature per τ would cost a third of a training step)."
-        x = torch.log(torch.as_tensor(tau, dtype=torch.float64)).clamp(float(self.nu_log_tau[0]), 0.0)
-        g, y = self.nu_log_tau, self.nu_log_val
-        i = torch.searchsorted(g, x).clamp(1, len(g) - 1)
-        w = (x - g[i - 1]) / (g[i] - g[i - 1])
-        return torch.exp(y[i - 1] + w * (y[i] - y[i - 1]))
+# %% ../nbs/33_kldm.ipynb #90cca642
+@patch
+def nu_lookup(self: KLDM,
+              tau,     # (n,) network times τ in [NU_TAU_MIN, 1], float64
+             ):        # (n,) ν(t_f τ), float64, by linear interpolation of log ν in log τ
+    "The simplified target's normaliser from the precomputed table (one quadrature per τ would cost a third of a training step)."
+    x = torch.log(torch.as_tensor(tau, dtype=torch.float64)).clamp(float(self.nu_log_tau[0]), 0.0)
+    g, y = self.nu_log_tau, self.nu_log_val
+    i = torch.searchsorted(g, x).clamp(1, len(g) - 1)
+    w = (x - g[i - 1]) / (g[i] - g[i - 1])
+    return torch.exp(y[i - 1] + w * (y[i] - y[i - 1]))
 
-    def velocity_target(self,
-                        v_t,     # (n_atoms, 3) velocities (radians per unit time)
-                        r,       # (n_atoms, 3) displacements f_t - f_0 (radians)
-                        tau,     # (n_crystals,) network times
-                        v0,      # initial velocities (0 or (n_atoms, 3))
-                        index,   # (n_atoms,) crystal of each atom
-                       ):        # (n_atoms, 3) regression target of the velocity head
-        "Training target of the velocity head: `tdm_score.training_target`, with ν from the table for the simplified one."
-        c = self.config
-        t = c.t_f * tau
-        if not c.simplified:
-            return training_target(v_t, r, t, v0, index, "direct", c.mean_free)
-        direct = training_target(v_t, r, t, 0.0, index, "direct", c.mean_free)    # -v/σ_v² + κ P(s_WN) (v mean-free)
-        mo = tdm_moments(t)                                                        # per crystal
-        sv2, kap = (mo.v_std ** 2)[index, None], mo.r_mean_coef[index, None]
-        return (direct + v_t / sv2) / (kap * self.nu_lookup(tau).sqrt()[index, None])
+@patch
+def velocity_target(self: KLDM,
+                    v_t,     # (n_atoms, 3) velocities (radians per unit time)
+                    r,       # (n_atoms, 3) displacements f_t - f_0 (radians)
+                    tau,     # (n_crystals,) network times
+                    v0,      # initial velocities (0 or (n_atoms, 3))
+                    index,   # (n_atoms,) crystal of each atom
+                   ):        # (n_atoms, 3) regression target of the velocity head
+    "Training target of the velocity head: `tdm_score.training_target`, with ν from the table for the simplified one."
+    c = self.config
+    t = c.t_f * tau
+    if not c.simplified:
+        return training_target(v_t, r, t, v0, index, "direct", c.mean_free)
+    direct = training_target(v_t, r, t, 0.0, index, "direct", c.mean_free)    # -v/σ_v² + κ P(s_WN) (v mean-free)
+    mo = tdm_moments(t)                                                        # per crystal
+    sv2, kap = (mo.v_std ** 2)[index, None], mo.r_mean_coef[index, None]
+    return (direct + v_t / sv2) / (kap * self.nu_lookup(tau).sqrt()[index, None])
 
-    def _edges(self, num_atoms, edge_index=None):
-        "Fully connected edges without self-loops (reused when the batch carries the right ones)."
-        sl = self.config.network.self_loops
-        n_edges = int((num_atoms * (num_atoms - (0 if sl else 1))).sum())
-        if edge_index is not None and edge_index.shape == (2, n_edges) and (int((edge_index[0] == edge_index[1]).sum()) > 0) == sl:
-            return edge_index
-        return fully_connected_edges(num_atoms, self_loops=sl).to(num_atoms.device)
+# %% ../nbs/33_kldm.ipynb #e06b5153
+@patch
+def _edges(self: KLDM, num_atoms, edge_index=None):
+    "Fully connected edges without self-loops (reused when the batch carries the right ones)."
+    sl = self.config.network.self_loops
+    n_edges = int((num_atoms * (num_atoms - (0 if sl else 1))).sum())
+    if edge_index is not None and edge_index.shape == (2, n_edges) and (int((edge_index[0] == edge_index[1]).sum()) > 0) == sl:
+        return edge_index
+    return fully_connected_edges(num_atoms, self_loops=sl).to(num_atoms.device)
 
-    def denoise(self,
-                tau,         # (n_crystals,) or scalar network time τ in (0, 1]
-                types_in,    # (n_atoms,) atomic numbers (101 = mask token in DNG)
-                pos,         # (n_atoms, 3) positions in radians, [-π, π)
-                vel,         # (n_atoms, 3) velocities in radians per unit time
-                latent,      # (n_crystals, 6) noisy lattice latent
-                index,       # (n_atoms,) crystal of each atom
-                edge_index,  # (2, E) edges without self-loops
-                cond=None,   # optional (n_crystals, cond_dim) per-crystal condition (network.cond_dim > 0; chapter 62)
-               ) -> dict:    # coord (n_atoms, 3); lattice (n_crystals, 6): x̂_0; types (n_atoms, 100) logits (DNG)
-        "One network call; the network sees pos/2π and v/2π (chapter 95, KLDM spaces and network inputs)."
-        dt = self.dtype
-        return self.net(tau, types_in, (pos / TWO_PI).to(dt), latent.to(dt), index, edge_index, velocity=(vel / TWO_PI).to(dt),
-                        cond=cond)
+@patch
+def denoise(self: KLDM,
+            tau,         # (n_crystals,) or scalar network time τ in (0, 1]
+            types_in,    # (n_atoms,) atomic numbers (101 = mask token in DNG)
+            pos,         # (n_atoms, 3) positions in radians, [-π, π)
+            vel,         # (n_atoms, 3) velocities in radians per unit time
+            latent,      # (n_crystals, 6) noisy lattice latent
+            index,       # (n_atoms,) crystal of each atom
+            edge_index,  # (2, E) edges without self-loops
+            cond=None,   # optional (n_crystals, cond_dim) per-crystal condition (network.cond_dim > 0; chapter 62)
+           ) -> dict:    # coord (n_atoms, 3); lattice (n_crystals, 6): x̂_0; types (n_atoms, 100) logits (DNG)
+    "One network call; the network sees pos/2π and v/2π (chapter 95, KLDM spaces and network inputs)."
+    dt = self.dtype
+    return self.net(tau, types_in, (pos / TWO_PI).to(dt), latent.to(dt), index, edge_index, velocity=(vel / TWO_PI).to(dt),
+                    cond=cond)
 
-    def _condition(self,
-                   batch,           # the training batch
-                   generator=None,  # the loss's torch.Generator (for any random draw of the condition)
-                  ):                # None: KLDM is unconditional; a conditioned subclass returns (n_crystals, cond_dim)
-        "Per-crystal condition of a training batch for the network (a hook for conditioned subclasses)."
-        return None
+@patch
+def _condition(self: KLDM,
+               batch,           # the training batch
+               generator=None,  # the loss's torch.Generator (for any random draw of the condition)
+              ):                # None: KLDM is unconditional; a conditioned subclass returns (n_crystals, cond_dim)
+    "Per-crystal condition of a training batch for the network (a hook for conditioned subclasses)."
+    return None
 
-    def loss(self,
-             batch,              # a PyG Batch of crystals (data.collate)
-             tau=None,           # optional (n_crystals,) network times; U(tau_min, 1] if None
-             generator=None,     # torch.Generator for τ and the noise
-            ) -> dict:           # "v", "l" (and "h") terms and their weighted mean "loss"
-        "KLDM's training loss: MSE of the velocity target, MSE of x̂_0 for the lattice latent, masked CE for types."
-        c, dev = self.config, self.lat_loc.device
-        f0 = batch.frac_coords.to(device=dev, dtype=torch.float64)            # (n_atoms, 3)
-        index = batch.batch.to(dev)
-        num_atoms = batch.num_atoms.reshape(-1).to(dev)
-        n_cr = num_atoms.numel()
-        if tau is None:
-            tau = c.tau_min + (1 - c.tau_min) * (1 - torch.rand(n_cr, generator=generator, dtype=torch.float64))
-        tau = torch.as_tensor(tau, dtype=torch.float64, device=dev).reshape(-1)
-        if tau.shape != (n_cr,) or bool((tau <= 0).any()) or bool((tau > 1).any()):
-            raise ValueError(f"tau must hold {n_cr} times in (0, 1]")
-        t = c.t_f * tau                                                        # internal time
-        x0 = TWO_PI * wrap(f0)                                                 # radians, [-π, π)
-        v0 = 0.0
-        if c.v0_init_scale > 0:
-            v0 = c.v0_init_scale * torch.randn(x0.shape, generator=generator, dtype=torch.float64)
-            v0 = center(v0, index) if c.mean_free else v0
-        s = sample_tdm(x0, v0, t, index, mean_free=c.mean_free, generator=generator)
-        target = self.velocity_target(s.v_t, s.r, tau, v0, index)              # (n_atoms, 3)
-        # lattice latent, VP-SDE in τ, x0-prediction
-        l0 = self.lattice_stats.encode_lattice(batch.lattice.reshape(-1, 3, 3).to(dev).double(), num_atoms)  # (n_crystals, 6)
-        l_t = self.vpsde.q_sample(l0, tau, torch.randn(l0.shape, generator=generator, dtype=torch.float64))
-        if c.task == "dng":
-            h0 = batch.atom_types.to(dev) - 1                                  # class index
-            h_t = self.types.q_sample(h0, tau[index], generator)
-            types_in = h_t + 1                                                 # mask token K -> Z = K + 1
-        else:
-            types_in = batch.atom_types.to(dev)
-        out = self.denoise(tau.to(self.dtype), types_in, s.f_t, s.v_t, l_t, index,
-                           self._edges(num_atoms, getattr(batch, "edge_index", None)), cond=self._condition(batch, generator))
-        terms = {"v": ((out["coord"] - target.to(self.dtype)) ** 2).mean(),
-                 "l": ((out["lattice"] - l0.to(self.dtype)) ** 2).mean()}
-        w = {"v": c.weight_v, "l": c.weight_l}
-        if c.task == "dng":
-            terms["h"] = self.types.loss(out["types"], h0, h_t, tau[index].to(self.dtype), simple=c.type_simple_loss)
-            w["h"] = c.weight_h
-        terms["loss"] = sum(w[k] * terms[k] for k in w) / len(w)              # mean over modalities (§2.9)
-        return terms
+# %% ../nbs/33_kldm.ipynb #04531ee9
+@patch
+def loss(self: KLDM,
+         batch,              # a PyG Batch of crystals (data.collate)
+         tau=None,           # optional (n_crystals,) network times; U(tau_min, 1] if None
+         generator=None,     # torch.Generator for τ and the noise
+        ) -> dict:           # "v", "l" (and "h") terms and their weighted mean "loss"
+    "KLDM's training loss: MSE of the velocity target, MSE of x̂_0 for the lattice latent, masked CE for types."
+    c, dev = self.config, self.lat_loc.device
+    f0 = batch.frac_coords.to(device=dev, dtype=torch.float64)            # (n_atoms, 3)
+    index = batch.batch.to(dev)
+    num_atoms = batch.num_atoms.reshape(-1).to(dev)
+    n_cr = num_atoms.numel()
+    if tau is None:
+        tau = c.tau_min + (1 - c.tau_min) * (1 - torch.rand(n_cr, generator=generator, dtype=torch.float64))
+    tau = torch.as_tensor(tau, dtype=torch.float64, device=dev).reshape(-1)
+    if tau.shape != (n_cr,) or bool((tau <= 0).any()) or bool((tau > 1).any()):
+        raise ValueError(f"tau must hold {n_cr} times in (0, 1]")
+    t = c.t_f * tau                                                        # internal time
+    x0 = TWO_PI * wrap(f0)                                                 # radians, [-π, π)
+    v0 = 0.0
+    if c.v0_init_scale > 0:
+        v0 = c.v0_init_scale * torch.randn(x0.shape, generator=generator, dtype=torch.float64)
+        v0 = center(v0, index) if c.mean_free else v0
+    s = sample_tdm(x0, v0, t, index, mean_free=c.mean_free, generator=generator)
+    target = self.velocity_target(s.v_t, s.r, tau, v0, index)              # (n_atoms, 3)
+    # lattice latent, VP-SDE in τ, x0-prediction
+    l0 = self.lattice_stats.encode_lattice(batch.lattice.reshape(-1, 3, 3).to(dev).double(), num_atoms)  # (n_crystals, 6)
+    l_t = self.vpsde.q_sample(l0, tau, torch.randn(l0.shape, generator=generator, dtype=torch.float64))
+    if c.task == "dng":
+        h0 = batch.atom_types.to(dev) - 1                                  # class index
+        h_t = self.types.q_sample(h0, tau[index], generator)
+        types_in = h_t + 1                                                 # mask token K -> Z = K + 1
+    else:
+        types_in = batch.atom_types.to(dev)
+    out = self.denoise(tau.to(self.dtype), types_in, s.f_t, s.v_t, l_t, index,
+                       self._edges(num_atoms, getattr(batch, "edge_index", None)), cond=self._condition(batch, generator))
+    terms = {"v": ((out["coord"] - target.to(self.dtype)) ** 2).mean(),
+             "l": ((out["lattice"] - l0.to(self.dtype)) ** 2).mean()}
+    w = {"v": c.weight_v, "l": c.weight_l}
+    if c.task == "dng":
+        terms["h"] = self.types.loss(out["types"], h0, h_t, tau[index].to(self.dtype), simple=c.type_simple_loss)
+        w["h"] = c.weight_h
+    terms["loss"] = sum(w[k] * terms[k] for k in w) / len(w)              # mean over modalities (§2.9)
+    return terms
 
-    def make_optimizer(self):   # torch.optim.AdamW over all parameters
-        "AdamW with the reference settings (lr 1e-3, amsgrad, weight decay 1e-12)."
-        c = self.config
-        return torch.optim.AdamW(self.parameters(), lr=c.lr, weight_decay=c.weight_decay, amsgrad=c.amsgrad)
+@patch
+def make_optimizer(self: KLDM):   # torch.optim.AdamW over all parameters
+    "AdamW with the reference settings (lr 1e-3, amsgrad, weight decay 1e-12)."
+    c = self.config
+    return torch.optim.AdamW(self.parameters(), lr=c.lr, weight_decay=c.weight_decay, amsgrad=c.amsgrad)
 
 # %% ../nbs/33_kldm.ipynb #74dddc55
 def _per_crystal_step(tau_c, score, index, n_cr):
@@ -267,8 +281,9 @@ def _per_crystal_step(tau_c, score, index, n_cr):
     return (tau_c / msq.clamp_min(1e-12))[index, None]
 
 # %% ../nbs/33_kldm.ipynb #688919bb
+@patch
 @torch.no_grad()
-def _kldm_sample_tensors(self,
+def sample_tensors(self: KLDM,
                    spec: CompositionSpec,        # compositions (CSP) or atom counts (DNG; its atom_types are ignored)
                    n_steps: int | None = None,   # sampler steps (None: config.n_steps = 1000)
                    method: str | None = None,    # "pc" (2 NFE/step), "em" or "ode" (1 NFE/step); None: config.method
@@ -361,5 +376,3 @@ def _kldm_sample_tensors(self,
         res["trajectory"] = Trajectory(frac=torch.stack(frames["frac"]), lattice=torch.stack(frames["lattice"]),
                                        types=torch.stack(frames["types"]), t=torch.tensor(frames["t"]), index=index)
     return res
-
-KLDM.sample_tensors = _kldm_sample_tensors

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 
 import torch
+from fastcore.basics import patch
 
 from .cspnet import CSPNetConfig, kldm_config
 from .kldm import KLDM, KLDMConfig
@@ -98,8 +99,9 @@ class TextKLDM(KLDM):
         return cond, null
 
 # %% ../nbs/62_text_kldm.ipynb #bf93d29f
+@patch
 @torch.no_grad()
-def _text_kldm_sample_tensors(self,
+def sample_tensors(self: TextKLDM,
                    spec: CompositionSpec,        # compositions (CSP) or atom counts (DNG), with cond = text embeddings
                    n_steps: int | None = None,   # sampler steps (None: config.n_steps)
                    method: str | None = None,    # "pc", "em" or "ode" (None: config.method)
@@ -116,5 +118,3 @@ def _text_kldm_sample_tensors(self,
     if cond is None: w = 0.0                     # no text: the null condition is the whole model
     return KLDM.sample_tensors(self, spec, n_steps=n_steps, method=method, generator=generator,
                                return_trajectory=return_trajectory, denoiser=guided_denoiser(self.denoise, cond, null, w), **kw)
-
-TextKLDM.sample_tensors = _text_kldm_sample_tensors
