@@ -12,6 +12,7 @@ import math
 import numbers
 import torch
 import torch.nn.functional as F
+from fastcore.basics import patch
 
 # %% ../nbs/15_d3pm.ipynb #4a6e4265
 def _check_int(x, name, lo):
@@ -113,39 +114,6 @@ class D3PM:
         self.alpha = torch.cat([torch.ones(1, dtype=torch.float64), ratio])   # (T+1,) α_t = 1 - β_t
         self.betas = 1.0 - self.alpha                                         # (T+1,) β_t, β_0 = 0
 
-    def __repr__(self):
-        return (f"D3PM(num_classes={self.num_classes}, timesteps={self.timesteps}, kind={self.kind!r}, "
-                f"schedule={self.schedule!r}, mask_token={self.mask_token})")
-
-    def _t(self, t, lo, name="t"):
-        "Validate integer time(s) in lo..T; return a long tensor."
-        if isinstance(t, torch.Tensor):
-            if t.dtype == torch.bool or (t.is_floating_point() and not torch.equal(t, t.round())):
-                raise ValueError(f"{name} must hold integers")
-            t = t.long()
-        elif isinstance(t, numbers.Integral) and not isinstance(t, bool):
-            t = torch.tensor(int(t))
-        else:
-            raise ValueError(f"{name} must be an integer or a tensor of integers, got {t!r}")
-        if t.numel() and (int(t.min()) < lo or int(t.max()) > self.timesteps):
-            raise ValueError(f"{name} must lie in {lo}..{self.timesteps}, got values in {int(t.min())}..{int(t.max())}")
-        return t
-
-    def _x(self, x, name, allow_mask):
-        "Validate a tensor of integer tokens."
-        if not isinstance(x, torch.Tensor) or x.is_floating_point() or x.dtype == torch.bool:
-            raise ValueError(f"{name} must be an integer tensor of class indices")
-        top = self.num_states if allow_mask else self.num_classes
-        if x.numel() and (int(x.min()) < 0 or int(x.max()) >= top):
-            raise ValueError(f"{name} must hold indices in 0..{top - 1}, got values in {int(x.min())}..{int(x.max())}")
-        return x.long()
-
-    def _mix(self, keep, dtype=torch.float64):
-        "keep·I + (1 - keep)·1πᵀ for a tensor of keep probabilities; shape (*keep.shape, S, S)."
-        S = self.num_states
-        keep = keep.to(dtype)[..., None, None]
-        return keep * torch.eye(S, dtype=dtype) + (1 - keep) * self.stationary.to(dtype).expand(S, S)
-
     def Q(
         self,
         t,                       # int in 1..T, or a long tensor of such times
@@ -230,6 +198,44 @@ class D3PM:
         if self.kind == "absorbing":
             return torch.full(tuple(shape), self.mask_token, dtype=torch.long)
         return torch.randint(0, self.num_classes, tuple(shape), generator=generator)
+
+# %% ../nbs/15_d3pm.ipynb #7fc7f814
+@patch
+def __repr__(self: D3PM):
+    return (f"D3PM(num_classes={self.num_classes}, timesteps={self.timesteps}, kind={self.kind!r}, "
+            f"schedule={self.schedule!r}, mask_token={self.mask_token})")
+
+@patch
+def _t(self: D3PM, t, lo, name="t"):
+    "Validate integer time(s) in lo..T; return a long tensor."
+    if isinstance(t, torch.Tensor):
+        if t.dtype == torch.bool or (t.is_floating_point() and not torch.equal(t, t.round())):
+            raise ValueError(f"{name} must hold integers")
+        t = t.long()
+    elif isinstance(t, numbers.Integral) and not isinstance(t, bool):
+        t = torch.tensor(int(t))
+    else:
+        raise ValueError(f"{name} must be an integer or a tensor of integers, got {t!r}")
+    if t.numel() and (int(t.min()) < lo or int(t.max()) > self.timesteps):
+        raise ValueError(f"{name} must lie in {lo}..{self.timesteps}, got values in {int(t.min())}..{int(t.max())}")
+    return t
+
+@patch
+def _x(self: D3PM, x, name, allow_mask):
+    "Validate a tensor of integer tokens."
+    if not isinstance(x, torch.Tensor) or x.is_floating_point() or x.dtype == torch.bool:
+        raise ValueError(f"{name} must be an integer tensor of class indices")
+    top = self.num_states if allow_mask else self.num_classes
+    if x.numel() and (int(x.min()) < 0 or int(x.max()) >= top):
+        raise ValueError(f"{name} must hold indices in 0..{top - 1}, got values in {int(x.min())}..{int(x.max())}")
+    return x.long()
+
+@patch
+def _mix(self: D3PM, keep, dtype=torch.float64):
+    "keep·I + (1 - keep)·1πᵀ for a tensor of keep probabilities; shape (*keep.shape, S, S)."
+    S = self.num_states
+    keep = keep.to(dtype)[..., None, None]
+    return keep * torch.eye(S, dtype=dtype) + (1 - keep) * self.stationary.to(dtype).expand(S, S)
 
 # %% ../nbs/15_d3pm.ipynb #e15d9ae7
 def forward_chain(

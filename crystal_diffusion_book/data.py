@@ -34,6 +34,7 @@ from pymatgen.core import Element, Lattice, Species, Structure
 from pymatgen.io.cif import CifParser
 from torch_geometric.data import Batch, Data
 from tqdm import tqdm
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['CDVAE_COMMIT', 'DIFFCSP_COMMIT', 'REGISTRY', 'CACHE_ENV', 'MIRROR_ENV', 'PROCESS_VERSION', 'canonicalise',
@@ -152,52 +153,57 @@ class CrystalDataset(torch.utils.data.Dataset):
         return _make_data(s["frac_coords"][a:b], s["atom_types"][a:b], s["lattice"][i], s["lengths"][i],
                           s["angles"][i], s["material_id"][i], props)
 
-    def __repr__(self):
-        return (f"CrystalDataset({self.name}/{self.split}: {len(self)} crystals, "
-                f"{int(self.ptr[-1])} atoms, {len(self.skipped)} rows skipped)")
+# %% ../nbs/20_data.ipynb #333a506c
+@patch
+def __repr__(self: CrystalDataset):
+    return (f"CrystalDataset({self.name}/{self.split}: {len(self)} crystals, "
+            f"{int(self.ptr[-1])} atoms, {len(self.skipped)} rows skipped)")
 
-    @classmethod
-    def from_data_list(cls,
-                       data_list,  # list of crystal `Data` (same property fields in each)
-                       **kw,       # name, split, skipped, source: see `CrystalDataset`
-                      ):           # a `CrystalDataset`
-        "Build the flat store from a list of crystal `Data`."
-        if len(data_list) == 0:
-            raise ValueError("data_list must hold at least one crystal")
-        keys = [k for k in data_list[0].keys() if k not in cls._ATOM + cls._CRYSTAL + ("material_id", "num_nodes")]
-        store = {"frac_coords": torch.cat([d.frac_coords for d in data_list]).double(),
-                 "atom_types": torch.cat([d.atom_types for d in data_list]).long(),
-                 "lattice": torch.cat([d.lattice.reshape(1, 3, 3) for d in data_list]).double(),
-                 "lengths": torch.cat([d.lengths.reshape(1, 3) for d in data_list]).double(),
-                 "angles": torch.cat([d.angles.reshape(1, 3) for d in data_list]).double(),
-                 "num_atoms": torch.cat([d.num_atoms.reshape(1) for d in data_list]).long(),
-                 "material_id": [str(d.material_id) for d in data_list],
-                 "properties": {k: torch.cat([d[k].reshape(1) for d in data_list]).double() for k in keys}}
-        return cls(store, **kw)
+@patch(cls_method=True)
+def from_data_list(cls: CrystalDataset,
+                   data_list,  # list of crystal `Data` (same property fields in each)
+                   **kw,       # name, split, skipped, source: see `CrystalDataset`
+                  ):           # a `CrystalDataset`
+    "Build the flat store from a list of crystal `Data`."
+    if len(data_list) == 0:
+        raise ValueError("data_list must hold at least one crystal")
+    keys = [k for k in data_list[0].keys() if k not in cls._ATOM + cls._CRYSTAL + ("material_id", "num_nodes")]
+    store = {"frac_coords": torch.cat([d.frac_coords for d in data_list]).double(),
+             "atom_types": torch.cat([d.atom_types for d in data_list]).long(),
+             "lattice": torch.cat([d.lattice.reshape(1, 3, 3) for d in data_list]).double(),
+             "lengths": torch.cat([d.lengths.reshape(1, 3) for d in data_list]).double(),
+             "angles": torch.cat([d.angles.reshape(1, 3) for d in data_list]).double(),
+             "num_atoms": torch.cat([d.num_atoms.reshape(1) for d in data_list]).long(),
+             "material_id": [str(d.material_id) for d in data_list],
+             "properties": {k: torch.cat([d[k].reshape(1) for d in data_list]).double() for k in keys}}
+    return cls(store, **kw)
 
-    def save(self,
-             path,   # file to write (written atomically: temporary file, then rename)
-            ):
-        "Write the store and the skip report with `torch.save` (plain tensors, lists, strings)."
-        obj = {"store": self.store, "name": self.name, "split": self.split, "source": self.source,
-               "skipped": [dataclasses.asdict(r) for r in self.skipped], "format": 1}
-        tmp = Path(str(path) + f".tmp{os.getpid()}")
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
+@patch
+def save(self: CrystalDataset,
+         path,   # file to write (written atomically: temporary file, then rename)
+        ):
+    "Write the store and the skip report with `torch.save` (plain tensors, lists, strings)."
+    obj = {"store": self.store, "name": self.name, "split": self.split, "source": self.source,
+           "skipped": [dataclasses.asdict(r) for r in self.skipped], "format": 1}
+    tmp = Path(str(path) + f".tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
 
-    @classmethod
-    def load(cls,
-             path,   # a file written by `save`
-            ):       # the `CrystalDataset` it holds
-        "Read a dataset written by `save` (with `weights_only=True`)."
-        obj = torch.load(path, weights_only=True)
-        return cls(obj["store"], name=obj["name"], split=obj["split"], source=obj["source"],
-                   skipped=[SkippedRow(**r) for r in obj["skipped"]])
+# %% ../nbs/20_data.ipynb #b1235fd0
+@patch(cls_method=True)
+def load(cls: CrystalDataset,
+         path,   # a file written by `save`
+        ):       # the `CrystalDataset` it holds
+    "Read a dataset written by `save` (with `weights_only=True`)."
+    obj = torch.load(path, weights_only=True)
+    return cls(obj["store"], name=obj["name"], split=obj["split"], source=obj["source"],
+               skipped=[SkippedRow(**r) for r in obj["skipped"]])
 
-    def report(self):  # DataFrame with columns file, row, material_id, reason
-        "The skipped rows as a pandas DataFrame (empty when nothing was skipped)."
-        return pd.DataFrame([dataclasses.asdict(r) for r in self.skipped],
-                            columns=["file", "row", "material_id", "reason"])
+@patch
+def report(self: CrystalDataset):  # DataFrame with columns file, row, material_id, reason
+    "The skipped rows as a pandas DataFrame (empty when nothing was skipped)."
+    return pd.DataFrame([dataclasses.asdict(r) for r in self.skipped],
+                        columns=["file", "row", "material_id", "reason"])
 
 # %% ../nbs/20_data.ipynb #b01e9dad
 def fully_connected_edges(

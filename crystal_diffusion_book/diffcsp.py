@@ -20,6 +20,7 @@ from .lattice import DDPMSchedule
 from .model import CompositionSpec, CrystalModel, Trajectory
 from .torus import mod1
 from .wrapped_normal import ve_sigma_schedule, wn_score, wn_score_norm
+from fastcore.basics import patch
 
 # %% ../nbs/32_diffcsp.ipynb #4e906339
 STEP_LR = {   # DiffCSP scripts/eval_utils.py (`recommand_step_lr`); chapter 95, DiffCSP sampler
@@ -118,157 +119,165 @@ class DiffCSP(CrystalModel):
             return edge_index
         return fully_connected_edges(num_atoms, self_loops=self.config.network.self_loops).to(num_atoms.device)
 
-    def denoise(self,
-                t,             # (n_crystals,) long, integer times 1..T
-                types_in,      # (n_atoms,) atomic numbers (CSP) or (n_atoms, 100) noisy one-hots (DNG)
-                frac,          # (n_atoms, 3) noisy fractional coordinates
-                lattice,       # (n_crystals, 3, 3) noisy lattices
-                index,         # (n_atoms,) crystal of each atom
-                edge_index,    # (2, E) fully connected edges
-               ) -> dict:      # coord (n_atoms, 3): -score/√λ; lattice (n_crystals, 3, 3): ε̂_L; types (n_atoms, 100): ε̂_A (DNG)
-        "The network's predictions: normalised negative coordinate score, lattice noise (and type noise)."
-        return self.net(t, types_in, frac, lattice, index, edge_index)
+# %% ../nbs/32_diffcsp.ipynb #3e85234e
+@patch
+def denoise(self: DiffCSP,
+            t,             # (n_crystals,) long, integer times 1..T
+            types_in,      # (n_atoms,) atomic numbers (CSP) or (n_atoms, 100) noisy one-hots (DNG)
+            frac,          # (n_atoms, 3) noisy fractional coordinates
+            lattice,       # (n_crystals, 3, 3) noisy lattices
+            index,         # (n_atoms,) crystal of each atom
+            edge_index,    # (2, E) fully connected edges
+           ) -> dict:      # coord (n_atoms, 3): -score/√λ; lattice (n_crystals, 3, 3): ε̂_L; types (n_atoms, 100): ε̂_A (DNG)
+    "The network's predictions: normalised negative coordinate score, lattice noise (and type noise)."
+    return self.net(t, types_in, frac, lattice, index, edge_index)
 
-    def noise_batch(self,
-                    batch,                # a PyG Batch of crystals (data.collate)
-                    t=None,               # optional (n_crystals,) long times; drawn uniformly from 1..T if None
-                    generator=None,       # torch.Generator for t and the noise
-                   ) -> dict:             # t, index, edge_index, L_t, eps_L, frac_t, target_F
-        "Draw t, noise the lattice (DDPM) and the coordinates (wrapped normal), and build the coordinate target."
-        c, dtype = self.config, self.dtype
-        dev = self.sigmas.device
-        frac0 = batch.frac_coords.to(device=dev, dtype=dtype)                  # (n_atoms, 3)
-        L0 = batch.lattice.reshape(-1, 3, 3).to(device=dev, dtype=dtype)       # (n_crystals, 3, 3)
-        index = batch.batch.to(dev)                                            # (n_atoms,)
-        num_atoms = batch.num_atoms.to(dev)
-        n_cr = L0.shape[0]
-        if t is None:
-            t = torch.randint(1, c.T + 1, (n_cr,), generator=generator, device=dev)
-        t = torch.as_tensor(t, device=dev).long().reshape(-1)
-        if t.shape != (n_cr,) or int(t.min()) < 1 or int(t.max()) > c.T:
-            raise ValueError(f"t must be {n_cr} integers in 1..{c.T}")
-        randn = lambda *s: torch.randn(*s, generator=generator, device=dev, dtype=dtype)
-        eps_L = randn(n_cr, 3, 3)
-        L_t = self.lattice_schedule.q_sample(L0, t, eps_L)                     # (n_crystals, 3, 3)
-        sigma = self.sigmas[t].to(dtype)[index, None]                          # (n_atoms, 1)
-        eps_F = randn(*frac0.shape)
-        frac_t = mod1(frac0 + sigma * eps_F)                                   # (n_atoms, 3)
-        target_F = -wn_score(sigma * eps_F, sigma) / self.sqrt_lambda[t].to(dtype)[index, None]   # -score/√λ
-        return {"t": t, "index": index, "edge_index": self._edges(num_atoms, getattr(batch, "edge_index", None)),
-                "L_t": L_t, "eps_L": eps_L, "frac_t": frac_t, "target_F": target_F}
+@patch
+def noise_batch(self: DiffCSP,
+                batch,                # a PyG Batch of crystals (data.collate)
+                t=None,               # optional (n_crystals,) long times; drawn uniformly from 1..T if None
+                generator=None,       # torch.Generator for t and the noise
+               ) -> dict:             # t, index, edge_index, L_t, eps_L, frac_t, target_F
+    "Draw t, noise the lattice (DDPM) and the coordinates (wrapped normal), and build the coordinate target."
+    c, dtype = self.config, self.dtype
+    dev = self.sigmas.device
+    frac0 = batch.frac_coords.to(device=dev, dtype=dtype)                  # (n_atoms, 3)
+    L0 = batch.lattice.reshape(-1, 3, 3).to(device=dev, dtype=dtype)       # (n_crystals, 3, 3)
+    index = batch.batch.to(dev)                                            # (n_atoms,)
+    num_atoms = batch.num_atoms.to(dev)
+    n_cr = L0.shape[0]
+    if t is None:
+        t = torch.randint(1, c.T + 1, (n_cr,), generator=generator, device=dev)
+    t = torch.as_tensor(t, device=dev).long().reshape(-1)
+    if t.shape != (n_cr,) or int(t.min()) < 1 or int(t.max()) > c.T:
+        raise ValueError(f"t must be {n_cr} integers in 1..{c.T}")
+    randn = lambda *s: torch.randn(*s, generator=generator, device=dev, dtype=dtype)
+    eps_L = randn(n_cr, 3, 3)
+    L_t = self.lattice_schedule.q_sample(L0, t, eps_L)                     # (n_crystals, 3, 3)
+    sigma = self.sigmas[t].to(dtype)[index, None]                          # (n_atoms, 1)
+    eps_F = randn(*frac0.shape)
+    frac_t = mod1(frac0 + sigma * eps_F)                                   # (n_atoms, 3)
+    target_F = -wn_score(sigma * eps_F, sigma) / self.sqrt_lambda[t].to(dtype)[index, None]   # -score/√λ
+    return {"t": t, "index": index, "edge_index": self._edges(num_atoms, getattr(batch, "edge_index", None)),
+            "L_t": L_t, "eps_L": eps_L, "frac_t": frac_t, "target_F": target_F}
 
-    def loss(self,
-             batch,                # a PyG Batch of crystals (data.collate)
-             t=None,               # optional (n_crystals,) long times; drawn uniformly from 1..T if None
-             generator=None,       # torch.Generator for t and the noise
-            ) -> dict:             # "coord", "lattice" ("type" in DNG) mean squared errors and the weighted "loss"
-        "DiffCSP's training loss of a batch (chapter 95, DiffCSP forward process; DiffCSP training loss)."
-        c, dtype, dev = self.config, self.dtype, self.sigmas.device
-        nb = self.noise_batch(batch, t, generator)
-        t, index = nb["t"], nb["index"]
-        if c.task == "dng":
-            A0 = nn.functional.one_hot(batch.atom_types.to(dev) - 1, c.network.num_types).to(dtype)   # (n_atoms, 100)
-            eps_A = torch.randn(*A0.shape, generator=generator, device=dev, dtype=dtype)
-            types_in = self.lattice_schedule.q_sample(A0, t[index], eps_A)
-        else:
-            types_in = batch.atom_types.to(dev)
-        out = self.denoise(t, types_in, nb["frac_t"], nb["L_t"], index, nb["edge_index"])
-        terms = {"lattice": ((out["lattice"] - nb["eps_L"]) ** 2).mean(),
-                 "coord": ((out["coord"] - nb["target_F"]) ** 2).mean()}
-        total = c.cost_lattice * terms["lattice"] + c.cost_coord * terms["coord"]
-        if c.task == "dng":
-            terms["type"] = ((out["types"] - eps_A) ** 2).mean()
-            total = total + c.cost_type * terms["type"]
-        terms["loss"] = total
-        return terms
+# %% ../nbs/32_diffcsp.ipynb #cd64ce3c
+@patch
+def loss(self: DiffCSP,
+         batch,                # a PyG Batch of crystals (data.collate)
+         t=None,               # optional (n_crystals,) long times; drawn uniformly from 1..T if None
+         generator=None,       # torch.Generator for t and the noise
+        ) -> dict:             # "coord", "lattice" ("type" in DNG) mean squared errors and the weighted "loss"
+    "DiffCSP's training loss of a batch (chapter 95, DiffCSP forward process; DiffCSP training loss)."
+    c, dtype, dev = self.config, self.dtype, self.sigmas.device
+    nb = self.noise_batch(batch, t, generator)
+    t, index = nb["t"], nb["index"]
+    if c.task == "dng":
+        A0 = nn.functional.one_hot(batch.atom_types.to(dev) - 1, c.network.num_types).to(dtype)   # (n_atoms, 100)
+        eps_A = torch.randn(*A0.shape, generator=generator, device=dev, dtype=dtype)
+        types_in = self.lattice_schedule.q_sample(A0, t[index], eps_A)
+    else:
+        types_in = batch.atom_types.to(dev)
+    out = self.denoise(t, types_in, nb["frac_t"], nb["L_t"], index, nb["edge_index"])
+    terms = {"lattice": ((out["lattice"] - nb["eps_L"]) ** 2).mean(),
+             "coord": ((out["coord"] - nb["target_F"]) ** 2).mean()}
+    total = c.cost_lattice * terms["lattice"] + c.cost_coord * terms["coord"]
+    if c.task == "dng":
+        terms["type"] = ((out["types"] - eps_A) ** 2).mean()
+        total = total + c.cost_type * terms["type"]
+    terms["loss"] = total
+    return terms
 
-    def timesteps(self,
-                  n_steps: int | None = None,   # number of reverse steps S (None: T)
-                  grid: str = "paper",          # "paper": S times evenly from T to 1; "skip_end": S+1 such times, T dropped
-                 ) -> torch.Tensor:             # (S,) long, decreasing to 1 ("skip_end" with S = T: T-1 times)
-        "The integer times the sampler visits: T..1 evenly (the reference's grid), or the same without the clipped t = T."
-        T = self.config.T
-        n = T if n_steps is None else int(n_steps)
-        if not 1 <= n <= T: raise ValueError(f"n_steps must be in 1..{T}, got {n_steps}")
-        if grid not in GRIDS: raise ValueError(f"grid must be one of {GRIDS}, got {grid!r}")
-        ts = torch.linspace(T, 1, n + (grid == "skip_end"), dtype=torch.float64).round().long()
-        if grid == "skip_end": ts = ts[1:]
-        return torch.unique(ts).flip(0)
+@patch
+def timesteps(self: DiffCSP,
+              n_steps: int | None = None,   # number of reverse steps S (None: T)
+              grid: str = "paper",          # "paper": S times evenly from T to 1; "skip_end": S+1 such times, T dropped
+             ) -> torch.Tensor:             # (S,) long, decreasing to 1 ("skip_end" with S = T: T-1 times)
+    "The integer times the sampler visits: T..1 evenly (the reference's grid), or the same without the clipped t = T."
+    T = self.config.T
+    n = T if n_steps is None else int(n_steps)
+    if not 1 <= n <= T: raise ValueError(f"n_steps must be in 1..{T}, got {n_steps}")
+    if grid not in GRIDS: raise ValueError(f"grid must be one of {GRIDS}, got {grid!r}")
+    ts = torch.linspace(T, 1, n + (grid == "skip_end"), dtype=torch.float64).round().long()
+    if grid == "skip_end": ts = ts[1:]
+    return torch.unique(ts).flip(0)
 
-    def sample_tensors(self,
-                       spec: CompositionSpec,   # compositions (CSP) or atom counts (DNG; its atom_types are ignored)
-                       n_steps: int | None = None,  # reverse steps (None: T = 1000); fewer skips times evenly
-                       method: str | None = "pc",   # "pc": corrector + predictor (2 NFE/step), "predictor": 1 NFE/step
-                       grid: str = "paper",     # time grid: "paper" (T..1) or "skip_end" (starts below the clipped t = T)
-                       generator=None,          # torch.Generator for the noise
-                       return_trajectory=False, # also return frames
-                       step_lr: float | None = None,   # corrector step size (None: config.step_lr or the published one)
-                       denoiser=None,           # replaces `self.denoise` (same signature); for exact-score tests
-                       trajectory_every: int | None = None,  # keep every k-th step (None: about 50 frames)
-                       dtype=None,              # working dtype (None: the network's)
-                       type_process=None,       # replaces the type diffusion (TGDMat): start(n_atoms, generator),
-                                                # input(state), step(state, out, t, k, generator), decode(state) -> Z
-                      ) -> dict:                # frac (n_atoms, 3), lattice (n_crystals, 3, 3), types (n_atoms,), index [, trajectory]
-        "DiffCSP's predictor–corrector sampler (chapter 95, DiffCSP sampler), batched over crystals."
-        c = self.config
-        method = method or "pc"
-        if method not in ("pc", "predictor"): raise ValueError(f"method must be 'pc' or 'predictor', got {method!r}")
-        step_lr = step_lr if step_lr is not None else (c.step_lr if c.step_lr is not None else
-                                                       recommended_step_lr(c.task, c.dataset))
-        if not step_lr >= 0: raise ValueError(f"step_lr must be non-negative, got {step_lr}")
-        denoiser = denoiser or self.denoise
-        dtype = dtype or self.dtype
-        dev = self.sigmas.device
-        num_atoms, index = spec.num_atoms.to(dev), spec.index.to(dev)
-        n_at, n_cr = int(num_atoms.sum()), int(num_atoms.numel())
-        edge_index = self._edges(num_atoms)                                    # built once, not every step
-        ts = self.timesteps(n_steps, grid).to(dev)                             # (S,) decreasing
-        prev = torch.cat([ts[1:], ts.new_zeros(1)])                            # (S,) the time each step lands on
-        ab = self.lattice_schedule.alpha_bars.to(dev)
-        sched = self.lattice_schedule if len(ts) == c.T else \
-            DDPMSchedule(torch.cat([ab.new_zeros(1), (1 - ab[ts] / ab[prev]).flip(0)]))   # respaced DDPM, 1-based
-        sig, sql = self.sigmas.to(dtype), self.sqrt_lambda.to(dtype)
-        randn = lambda *s: torch.randn(*s, generator=generator, device=dev, dtype=dtype)
-        # prior: F ~ U[0,1)^3, L ~ N(0, I), one-hot types ~ N(0, I)
-        frac = torch.rand(n_at, 3, generator=generator, device=dev, dtype=dtype)
-        lattice = randn(n_cr, 3, 3)
-        dng = c.task == "dng" and type_process is None
-        A = randn(n_at, c.network.num_types) if dng else None
-        fixed_types = spec.atom_types.to(dev)
-        decode = (lambda A: A.argmax(-1) + 1) if dng else (lambda A: fixed_types)
-        if type_process is not None:                                           # a discrete type process instead
-            A, decode = type_process.start(n_at, generator), type_process.decode
-        every = trajectory_every or max(1, len(ts) // 50)
-        frames = {"frac": [frac.clone()], "lattice": [lattice.clone()], "types": [decode(A)], "t": [c.T + 1]}
-        S = len(ts)
-        for i in range(S):
-            t, tp = int(ts[i]), int(prev[i])
-            tt = torch.full((n_cr,), t, dtype=torch.long, device=dev)
-            types_in = type_process.input(A) if type_process is not None else (A if dng else fixed_types)
-            s_t, s_p = sig[t], sig[tp]
-            last = i == S - 1
-            if method == "pc":   # corrector: one Langevin step on the coordinates at fixed t
-                out = denoiser(tt, types_in, frac, lattice, index, edge_index)
-                delta = step_lr * (s_t / sig[1]) ** 2
-                zc = randn(n_at, 3) if not last else torch.zeros(n_at, 3, device=dev, dtype=dtype)   # as the reference: none at the end
-                frac = mod1(frac - delta * sql[t] * out["coord"] + torch.sqrt(2 * delta) * zc)
+# %% ../nbs/32_diffcsp.ipynb #1781f4ad
+@patch
+def sample_tensors(self: DiffCSP,
+                   spec: CompositionSpec,   # compositions (CSP) or atom counts (DNG; its atom_types are ignored)
+                   n_steps: int | None = None,  # reverse steps (None: T = 1000); fewer skips times evenly
+                   method: str | None = "pc",   # "pc": corrector + predictor (2 NFE/step), "predictor": 1 NFE/step
+                   grid: str = "paper",     # time grid: "paper" (T..1) or "skip_end" (starts below the clipped t = T)
+                   generator=None,          # torch.Generator for the noise
+                   return_trajectory=False, # also return frames
+                   step_lr: float | None = None,   # corrector step size (None: config.step_lr or the published one)
+                   denoiser=None,           # replaces `self.denoise` (same signature); for exact-score tests
+                   trajectory_every: int | None = None,  # keep every k-th step (None: about 50 frames)
+                   dtype=None,              # working dtype (None: the network's)
+                   type_process=None,       # replaces the type diffusion (TGDMat): start(n_atoms, generator),
+                                            # input(state), step(state, out, t, k, generator), decode(state) -> Z
+                  ) -> dict:                # frac (n_atoms, 3), lattice (n_crystals, 3, 3), types (n_atoms,), index [, trajectory]
+    "DiffCSP's predictor–corrector sampler (chapter 95, DiffCSP sampler), batched over crystals."
+    c = self.config
+    method = method or "pc"
+    if method not in ("pc", "predictor"): raise ValueError(f"method must be 'pc' or 'predictor', got {method!r}")
+    step_lr = step_lr if step_lr is not None else (c.step_lr if c.step_lr is not None else
+                                                   recommended_step_lr(c.task, c.dataset))
+    if not step_lr >= 0: raise ValueError(f"step_lr must be non-negative, got {step_lr}")
+    denoiser = denoiser or self.denoise
+    dtype = dtype or self.dtype
+    dev = self.sigmas.device
+    num_atoms, index = spec.num_atoms.to(dev), spec.index.to(dev)
+    n_at, n_cr = int(num_atoms.sum()), int(num_atoms.numel())
+    edge_index = self._edges(num_atoms)                                    # built once, not every step
+    ts = self.timesteps(n_steps, grid).to(dev)                             # (S,) decreasing
+    prev = torch.cat([ts[1:], ts.new_zeros(1)])                            # (S,) the time each step lands on
+    ab = self.lattice_schedule.alpha_bars.to(dev)
+    sched = self.lattice_schedule if len(ts) == c.T else \
+        DDPMSchedule(torch.cat([ab.new_zeros(1), (1 - ab[ts] / ab[prev]).flip(0)]))   # respaced DDPM, 1-based
+    sig, sql = self.sigmas.to(dtype), self.sqrt_lambda.to(dtype)
+    randn = lambda *s: torch.randn(*s, generator=generator, device=dev, dtype=dtype)
+    # prior: F ~ U[0,1)^3, L ~ N(0, I), one-hot types ~ N(0, I)
+    frac = torch.rand(n_at, 3, generator=generator, device=dev, dtype=dtype)
+    lattice = randn(n_cr, 3, 3)
+    dng = c.task == "dng" and type_process is None
+    A = randn(n_at, c.network.num_types) if dng else None
+    fixed_types = spec.atom_types.to(dev)
+    decode = (lambda A: A.argmax(-1) + 1) if dng else (lambda A: fixed_types)
+    if type_process is not None:                                           # a discrete type process instead
+        A, decode = type_process.start(n_at, generator), type_process.decode
+    every = trajectory_every or max(1, len(ts) // 50)
+    frames = {"frac": [frac.clone()], "lattice": [lattice.clone()], "types": [decode(A)], "t": [c.T + 1]}
+    S = len(ts)
+    for i in range(S):
+        t, tp = int(ts[i]), int(prev[i])
+        tt = torch.full((n_cr,), t, dtype=torch.long, device=dev)
+        types_in = type_process.input(A) if type_process is not None else (A if dng else fixed_types)
+        s_t, s_p = sig[t], sig[tp]
+        last = i == S - 1
+        if method == "pc":   # corrector: one Langevin step on the coordinates at fixed t
             out = denoiser(tt, types_in, frac, lattice, index, edge_index)
-            # predictor: reverse VE step for F, ancestral DDPM step for L (and A)
-            var = s_t ** 2 - s_p ** 2
-            std = torch.sqrt(s_p ** 2 * var / s_t ** 2)
-            z = randn(n_at, 3) if not last else torch.zeros(n_at, 3, device=dev, dtype=dtype)
-            frac = mod1(frac - var * sql[t] * out["coord"] + std * z)
-            k = S - i                                                          # index in the (respaced) schedule
-            lattice = sched.ancestral_step(lattice, out["lattice"], k, randn(n_cr, 3, 3))
-            if dng:
-                A = sched.ancestral_step(A, out["types"], k, randn(*A.shape))
-            elif type_process is not None:
-                A = type_process.step(A, out, t, k, generator)
-            if return_trajectory and ((i + 1) % every == 0 or last):
-                frames["frac"].append(frac.clone()); frames["lattice"].append(lattice.clone())
-                frames["types"].append(decode(A)); frames["t"].append(tp)
-        out = {"frac": frac, "lattice": lattice, "types": decode(A), "index": index}
-        if return_trajectory:
-            out["trajectory"] = Trajectory(frac=torch.stack(frames["frac"]), lattice=torch.stack(frames["lattice"]),
-                                           types=torch.stack(frames["types"]), t=torch.tensor(frames["t"]), index=index)
-        return out
+            delta = step_lr * (s_t / sig[1]) ** 2
+            zc = randn(n_at, 3) if not last else torch.zeros(n_at, 3, device=dev, dtype=dtype)   # as the reference: none at the end
+            frac = mod1(frac - delta * sql[t] * out["coord"] + torch.sqrt(2 * delta) * zc)
+        out = denoiser(tt, types_in, frac, lattice, index, edge_index)
+        # predictor: reverse VE step for F, ancestral DDPM step for L (and A)
+        var = s_t ** 2 - s_p ** 2
+        std = torch.sqrt(s_p ** 2 * var / s_t ** 2)
+        z = randn(n_at, 3) if not last else torch.zeros(n_at, 3, device=dev, dtype=dtype)
+        frac = mod1(frac - var * sql[t] * out["coord"] + std * z)
+        k = S - i                                                          # index in the (respaced) schedule
+        lattice = sched.ancestral_step(lattice, out["lattice"], k, randn(n_cr, 3, 3))
+        if dng:
+            A = sched.ancestral_step(A, out["types"], k, randn(*A.shape))
+        elif type_process is not None:
+            A = type_process.step(A, out, t, k, generator)
+        if return_trajectory and ((i + 1) % every == 0 or last):
+            frames["frac"].append(frac.clone()); frames["lattice"].append(lattice.clone())
+            frames["types"].append(decode(A)); frames["t"].append(tp)
+    out = {"frac": frac, "lattice": lattice, "types": decode(A), "index": index}
+    if return_trajectory:
+        out["trajectory"] = Trajectory(frac=torch.stack(frames["frac"]), lattice=torch.stack(frames["lattice"]),
+                                       types=torch.stack(frames["types"]), t=torch.tensor(frames["t"]), index=index)
+    return out

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from fastcore.basics import patch
 
 # %% ../nbs/14_lattice.ipynb #3a7ec277
 def _as_float_tensor(x, name, like=None):
@@ -229,55 +230,61 @@ class DDPMSchedule:
         "Number of diffusion steps."
         return len(self.betas) - 1
 
-    def q_sample(self,
-                 L0,  # clean lattices, (n, 3, 3) (any shape whose leading axes match t)
-                 t,  # integer times in 1..T, an int or (n,)
-                 eps,  # standard normal noise, same shape as L0
-                ):  # noisy lattices √ᾱ_t L0 + √(1-ᾱ_t) ε, same shape as L0
-        "Draw from the marginal q(L_t | L_0) with the given noise."
-        L0 = _as_float_tensor(L0, "L0"); eps = _as_float_tensor(eps, "eps", like=L0)
-        if eps.shape != L0.shape:
-            raise ValueError(f"eps must have the shape of L0 {tuple(L0.shape)}, got {tuple(eps.shape)}")
-        ab = _coef(self.alpha_bars, t, L0)
-        return ab.sqrt() * L0 + (1 - ab).sqrt() * eps
+# %% ../nbs/14_lattice.ipynb #3b7fd9c9
+@patch
+def q_sample(self: DDPMSchedule,
+             L0,  # clean lattices, (n, 3, 3) (any shape whose leading axes match t)
+             t,  # integer times in 1..T, an int or (n,)
+             eps,  # standard normal noise, same shape as L0
+            ):  # noisy lattices √ᾱ_t L0 + √(1-ᾱ_t) ε, same shape as L0
+    "Draw from the marginal q(L_t | L_0) with the given noise."
+    L0 = _as_float_tensor(L0, "L0"); eps = _as_float_tensor(eps, "eps", like=L0)
+    if eps.shape != L0.shape:
+        raise ValueError(f"eps must have the shape of L0 {tuple(L0.shape)}, got {tuple(eps.shape)}")
+    ab = _coef(self.alpha_bars, t, L0)
+    return ab.sqrt() * L0 + (1 - ab).sqrt() * eps
 
-    def predict_x0(self,
-                   L_t,  # noisy lattices, (n, 3, 3)
-                   eps_hat,  # predicted noise, same shape
+@patch
+def predict_x0(self: DDPMSchedule,
+               L_t,  # noisy lattices, (n, 3, 3)
+               eps_hat,  # predicted noise, same shape
+               t,  # integer times in 1..T, an int or (n,)
+              ):  # the implied clean lattices (L_t - √(1-ᾱ_t) ε̂)/√ᾱ_t
+    "Invert the marginal for L_0 given a noise prediction."
+    L_t = _as_float_tensor(L_t, "L_t"); eps_hat = _as_float_tensor(eps_hat, "eps_hat", like=L_t)
+    ab = _coef(self.alpha_bars, t, L_t)
+    return (L_t - (1 - ab).sqrt() * eps_hat) / ab.sqrt()
+
+@patch
+def posterior_mean(self: DDPMSchedule,
+                   L0,  # clean lattices, (n, 3, 3)
+                   L_t,  # noisy lattices at time t, same shape
                    t,  # integer times in 1..T, an int or (n,)
-                  ):  # the implied clean lattices (L_t - √(1-ᾱ_t) ε̂)/√ᾱ_t
-        "Invert the marginal for L_0 given a noise prediction."
-        L_t = _as_float_tensor(L_t, "L_t"); eps_hat = _as_float_tensor(eps_hat, "eps_hat", like=L_t)
-        ab = _coef(self.alpha_bars, t, L_t)
-        return (L_t - (1 - ab).sqrt() * eps_hat) / ab.sqrt()
+                  ):  # the mean μ̃_t of q(L_{t-1} | L_t, L_0), same shape
+    "Mean of the one-step posterior q(L_{t-1} | L_t, L_0)."
+    L0 = _as_float_tensor(L0, "L0"); L_t = _as_float_tensor(L_t, "L_t", like=L0)
+    t_ = torch.as_tensor(t)
+    ab = _coef(self.alpha_bars, t_, L0)
+    ab_prev = _coef(torch.cat([self.alpha_bars[:1], self.alpha_bars[:-1]]), t_, L0)  # ᾱ_{t-1}
+    beta, alpha = _coef(self.betas, t_, L0), _coef(self.alphas, t_, L0)
+    return (ab_prev.sqrt() * beta * L0 + alpha.sqrt() * (1 - ab_prev) * L_t) / (1 - ab)
 
-    def posterior_mean(self,
-                       L0,  # clean lattices, (n, 3, 3)
-                       L_t,  # noisy lattices at time t, same shape
-                       t,  # integer times in 1..T, an int or (n,)
-                      ):  # the mean μ̃_t of q(L_{t-1} | L_t, L_0), same shape
-        "Mean of the one-step posterior q(L_{t-1} | L_t, L_0)."
-        L0 = _as_float_tensor(L0, "L0"); L_t = _as_float_tensor(L_t, "L_t", like=L0)
-        t_ = torch.as_tensor(t)
-        ab = _coef(self.alpha_bars, t_, L0)
-        ab_prev = _coef(torch.cat([self.alpha_bars[:1], self.alpha_bars[:-1]]), t_, L0)  # ᾱ_{t-1}
-        beta, alpha = _coef(self.betas, t_, L0), _coef(self.alphas, t_, L0)
-        return (ab_prev.sqrt() * beta * L0 + alpha.sqrt() * (1 - ab_prev) * L_t) / (1 - ab)
-
-    def ancestral_step(self,
-                       L_t,  # noisy lattices at time t, (n, 3, 3)
-                       eps_hat,  # the network's noise prediction, same shape
-                       t,  # integer times in 1..T, an int or (n,)
-                       z,  # standard normal noise, same shape (ignored where σ̃_t = 0, i.e. t = 1)
-                      ):  # lattices at time t - 1, same shape
-        "One DDPM ancestral step: (L_t - β_t/√(1-ᾱ_t) ε̂)/√α_t + σ̃_t z."
-        L_t = _as_float_tensor(L_t, "L_t")
-        eps_hat = _as_float_tensor(eps_hat, "eps_hat", like=L_t); z = _as_float_tensor(z, "z", like=L_t)
-        if eps_hat.shape != L_t.shape or z.shape != L_t.shape:
-            raise ValueError(f"eps_hat and z must have the shape of L_t {tuple(L_t.shape)}")
-        beta, alpha = _coef(self.betas, t, L_t), _coef(self.alphas, t, L_t)
-        ab, var = _coef(self.alpha_bars, t, L_t), _coef(self.sigma_tilde_sq, t, L_t)
-        return (L_t - beta / (1 - ab).sqrt() * eps_hat) / alpha.sqrt() + var.sqrt() * z
+# %% ../nbs/14_lattice.ipynb #fe38a319
+@patch
+def ancestral_step(self: DDPMSchedule,
+                   L_t,  # noisy lattices at time t, (n, 3, 3)
+                   eps_hat,  # the network's noise prediction, same shape
+                   t,  # integer times in 1..T, an int or (n,)
+                   z,  # standard normal noise, same shape (ignored where σ̃_t = 0, i.e. t = 1)
+                  ):  # lattices at time t - 1, same shape
+    "One DDPM ancestral step: (L_t - β_t/√(1-ᾱ_t) ε̂)/√α_t + σ̃_t z."
+    L_t = _as_float_tensor(L_t, "L_t")
+    eps_hat = _as_float_tensor(eps_hat, "eps_hat", like=L_t); z = _as_float_tensor(z, "z", like=L_t)
+    if eps_hat.shape != L_t.shape or z.shape != L_t.shape:
+        raise ValueError(f"eps_hat and z must have the shape of L_t {tuple(L_t.shape)}")
+    beta, alpha = _coef(self.betas, t, L_t), _coef(self.alphas, t, L_t)
+    ab, var = _coef(self.alpha_bars, t, L_t), _coef(self.sigma_tilde_sq, t, L_t)
+    return (L_t - beta / (1 - ab).sqrt() * eps_hat) / alpha.sqrt() + var.sqrt() * z
 
 # %% ../nbs/14_lattice.ipynb #08cbc040
 ANGLE_SCALE = 0.35  # KLDM's scale of the angle transform, x = tan(φ - π/2)/0.35
@@ -319,140 +326,150 @@ class LatticeLatentStats:
     min_count: int = 40  # counts below this use the shrinkage estimate
     prior_count: float = 20.0  # pseudo-observations given to the pooled fit
 
-    @classmethod
-    def fit(cls,
-            lengths,  # training-split lattice lengths, (n, 3), Å (of canonical, Niggli-reduced cells)
-            num_atoms,  # atoms per crystal, (n,) integers >= 1
-            trim=0.025,  # fraction trimmed from each tail (KLDM: 2.5 %)
-            min_count=40,  # use KLDM's trimmed per-N estimate only from this many crystals on
-            prior_count=20.0,  # strength of the pooled fit in the shrinkage estimate
-            n_max=None,  # size of the table (default: the largest N seen)
-           ):  # the fitted statistics
-        "Fit per-N loc/scale of log-lengths; thin or empty counts shrink towards a pooled log-length ~ log N fit."
-        y = torch.log(_as_float_tensor(lengths, "lengths").to(torch.float64))
-        if y.ndim != 2 or y.shape[1] != 3:
-            raise ValueError(f"lengths must have shape (n, 3), got {tuple(y.shape)}")
-        n_at = torch.as_tensor(num_atoms)
-        if n_at.shape != (len(y),):
-            raise ValueError(f"num_atoms must have shape ({len(y)},), got {tuple(n_at.shape)}")
-        if n_at.is_floating_point() and not bool((n_at == n_at.round()).all()):
+# %% ../nbs/14_lattice.ipynb #664ca88f
+@patch(cls_method=True)
+def fit(cls: LatticeLatentStats,
+        lengths,  # training-split lattice lengths, (n, 3), Å (of canonical, Niggli-reduced cells)
+        num_atoms,  # atoms per crystal, (n,) integers >= 1
+        trim=0.025,  # fraction trimmed from each tail (KLDM: 2.5 %)
+        min_count=40,  # use KLDM's trimmed per-N estimate only from this many crystals on
+        prior_count=20.0,  # strength of the pooled fit in the shrinkage estimate
+        n_max=None,  # size of the table (default: the largest N seen)
+       ):  # the fitted statistics
+    "Fit per-N loc/scale of log-lengths; thin or empty counts shrink towards a pooled log-length ~ log N fit."
+    y = torch.log(_as_float_tensor(lengths, "lengths").to(torch.float64))
+    if y.ndim != 2 or y.shape[1] != 3:
+        raise ValueError(f"lengths must have shape (n, 3), got {tuple(y.shape)}")
+    n_at = torch.as_tensor(num_atoms)
+    if n_at.shape != (len(y),):
+        raise ValueError(f"num_atoms must have shape ({len(y)},), got {tuple(n_at.shape)}")
+    if n_at.is_floating_point() and not bool((n_at == n_at.round()).all()):
+        raise ValueError("num_atoms must hold integers")
+    n_at = n_at.long()
+    if len(y) < 3 or not bool((n_at >= 1).all()):
+        raise ValueError("num_atoms must be >= 1, with at least 3 crystals")
+    if not 0 <= trim < 0.5:
+        raise ValueError(f"trim must lie in [0, 0.5), got {trim}")
+    if min_count < 1 or prior_count <= 0:
+        raise ValueError(f"need min_count >= 1 and prior_count > 0, got {min_count}, {prior_count}")
+    # 1. pooled least-squares fit of each column on log N, refitted after trimming the residual tails
+    X = torch.stack([torch.ones(len(y), dtype=y.dtype), torch.log(n_at.to(y.dtype))], -1)  # (n, 2)
+    coef = torch.linalg.lstsq(X, y).solution if len(n_at.unique()) > 1 else torch.stack([y.mean(0), torch.zeros(3, dtype=y.dtype)])
+    resid = y - X @ coef
+    k = int(trim * len(y))
+    lo, hi = torch.sort(resid, 0).values[k], torch.sort(resid, 0).values[len(y) - 1 - k]
+    coefs, pooled = [], []
+    for j in range(3):  # three columns, not a loop over crystals
+        keep = (resid[:, j] >= lo[j]) & (resid[:, j] <= hi[j])
+        if len(n_at[keep].unique()) > 1:
+            cj = torch.linalg.lstsq(X[keep], y[keep, j:j + 1]).solution[:, 0]
+        else:
+            cj = torch.stack([y[keep, j].mean(), torch.zeros((), dtype=y.dtype)])
+        coefs.append(cj)
+        pooled.append((y[keep, j] - X[keep] @ cj).std(correction=0))
+    coef, pooled = torch.stack(coefs, -1), torch.stack(pooled)  # (2, 3), (3,)
+    # 2-3. per-N table
+    n_max = int(n_at.max()) if n_max is None else int(n_max)
+    count = torch.bincount(n_at, minlength=n_max + 1)[: n_max + 1]
+    Ns = torch.arange(n_max + 1, dtype=y.dtype)
+    prior_loc = coef[0] + torch.log(Ns.clamp_min(1))[:, None] * coef[1]  # (n_max + 1, 3)
+    loc, scale = prior_loc.clone(), pooled.expand(n_max + 1, 3).clone()
+    for N in n_at.unique().tolist():  # one pass per distinct atom count (≤ ~50), not per crystal
+        if N > n_max:
+            continue
+        yN, nN = y[n_at == N], int(count[N])
+        if nN >= min_count:
+            loc[N], scale[N] = _trimmed_mean_std(yN, int(trim * nN))
+        else:
+            w = nN / (nN + prior_count)
+            loc[N] = w * yN.mean(0) + (1 - w) * prior_loc[N]
+            scale[N] = ((nN * yN.var(0, correction=0) + prior_count * pooled**2) / (nN + prior_count)).sqrt()
+    return cls(loc, scale, count, coef, pooled, int(min_count), float(prior_count))
+
+# %% ../nbs/14_lattice.ipynb #24085bdf
+@patch
+def to_dict(self: LatticeLatentStats):  # plain Python lists and numbers, ready for JSON
+    "The fitted statistics as a JSON-serialisable dict (to store next to a checkpoint)."
+    return {"loc": self.loc.tolist(), "scale": self.scale.tolist(), "count": self.count.tolist(),
+            "coef": self.coef.tolist(), "pooled_scale": self.pooled_scale.tolist(),
+            "min_count": self.min_count, "prior_count": self.prior_count}
+
+@patch(cls_method=True)
+def from_dict(cls: LatticeLatentStats,
+              d,  # a dict written by `to_dict`
+             ):  # the statistics, float64
+    "Rebuild the statistics from `to_dict` output."
+    missing = {"loc", "scale", "count", "coef", "pooled_scale"} - set(d)
+    if missing:
+        raise ValueError(f"d is missing keys {sorted(missing)}")
+    f64 = lambda k: torch.tensor(d[k], dtype=torch.float64)
+    return cls(f64("loc"), f64("scale"), torch.tensor(d["count"], dtype=torch.long), f64("coef"),
+               f64("pooled_scale"), int(d.get("min_count", 40)), float(d.get("prior_count", 20.0)))
+
+@patch
+def loc_scale(self: LatticeLatentStats,
+              num_atoms,  # atoms per crystal, (n,) integers >= 1
+             ):  # (loc (n, 3), scale (n, 3)); N beyond the table use the pooled fit
+    "Look up loc and scale for each crystal's atom count."
+    n_at = torch.as_tensor(num_atoms, device=self.loc.device)
+    if n_at.is_floating_point():
+        if not bool((n_at == n_at.round()).all()):
             raise ValueError("num_atoms must hold integers")
         n_at = n_at.long()
-        if len(y) < 3 or not bool((n_at >= 1).all()):
-            raise ValueError("num_atoms must be >= 1, with at least 3 crystals")
-        if not 0 <= trim < 0.5:
-            raise ValueError(f"trim must lie in [0, 0.5), got {trim}")
-        if min_count < 1 or prior_count <= 0:
-            raise ValueError(f"need min_count >= 1 and prior_count > 0, got {min_count}, {prior_count}")
-        # 1. pooled least-squares fit of each column on log N, refitted after trimming the residual tails
-        X = torch.stack([torch.ones(len(y), dtype=y.dtype), torch.log(n_at.to(y.dtype))], -1)  # (n, 2)
-        coef = torch.linalg.lstsq(X, y).solution if len(n_at.unique()) > 1 else torch.stack([y.mean(0), torch.zeros(3, dtype=y.dtype)])
-        resid = y - X @ coef
-        k = int(trim * len(y))
-        lo, hi = torch.sort(resid, 0).values[k], torch.sort(resid, 0).values[len(y) - 1 - k]
-        coefs, pooled = [], []
-        for j in range(3):  # three columns, not a loop over crystals
-            keep = (resid[:, j] >= lo[j]) & (resid[:, j] <= hi[j])
-            if len(n_at[keep].unique()) > 1:
-                cj = torch.linalg.lstsq(X[keep], y[keep, j:j + 1]).solution[:, 0]
-            else:
-                cj = torch.stack([y[keep, j].mean(), torch.zeros((), dtype=y.dtype)])
-            coefs.append(cj)
-            pooled.append((y[keep, j] - X[keep] @ cj).std(correction=0))
-        coef, pooled = torch.stack(coefs, -1), torch.stack(pooled)  # (2, 3), (3,)
-        # 2-3. per-N table
-        n_max = int(n_at.max()) if n_max is None else int(n_max)
-        count = torch.bincount(n_at, minlength=n_max + 1)[: n_max + 1]
-        Ns = torch.arange(n_max + 1, dtype=y.dtype)
-        prior_loc = coef[0] + torch.log(Ns.clamp_min(1))[:, None] * coef[1]  # (n_max + 1, 3)
-        loc, scale = prior_loc.clone(), pooled.expand(n_max + 1, 3).clone()
-        for N in n_at.unique().tolist():  # one pass per distinct atom count (≤ ~50), not per crystal
-            if N > n_max:
-                continue
-            yN, nN = y[n_at == N], int(count[N])
-            if nN >= min_count:
-                loc[N], scale[N] = _trimmed_mean_std(yN, int(trim * nN))
-            else:
-                w = nN / (nN + prior_count)
-                loc[N] = w * yN.mean(0) + (1 - w) * prior_loc[N]
-                scale[N] = ((nN * yN.var(0, correction=0) + prior_count * pooled**2) / (nN + prior_count)).sqrt()
-        return cls(loc, scale, count, coef, pooled, int(min_count), float(prior_count))
+    if not bool((n_at >= 1).all()):
+        raise ValueError("num_atoms must be >= 1")
+    n_max = len(self.loc) - 1
+    inside = n_at <= n_max
+    idx = n_at.clamp_max(n_max)
+    pooled_loc = self.coef[0] + torch.log(n_at.to(self.coef.dtype))[..., None] * self.coef[1]
+    loc = torch.where(inside[..., None], self.loc[idx], pooled_loc)
+    scale = torch.where(inside[..., None], self.scale[idx], self.pooled_scale.expand_as(pooled_loc))
+    return loc, scale
 
-    def to_dict(self):  # plain Python lists and numbers, ready for JSON
-        "The fitted statistics as a JSON-serialisable dict (to store next to a checkpoint)."
-        return {"loc": self.loc.tolist(), "scale": self.scale.tolist(), "count": self.count.tolist(),
-                "coef": self.coef.tolist(), "pooled_scale": self.pooled_scale.tolist(),
-                "min_count": self.min_count, "prior_count": self.prior_count}
+# %% ../nbs/14_lattice.ipynb #0f2b1362
+@patch
+def encode(self: LatticeLatentStats,
+           lengths,  # lattice lengths, (n, 3), Å
+           angles,  # lattice angles, (n, 3), degrees in (0, 180)
+           num_atoms,  # atoms per crystal, (n,)
+          ):  # the 6-D latent [standardised log-lengths, transformed angles], (n, 6)
+    "Map lengths and angles to KLDM's 6-D latent."
+    lengths = _as_float_tensor(lengths, "lengths")
+    if not bool((lengths > 0).all()):
+        raise ValueError("lengths must be positive")
+    loc, scale = self.loc_scale(num_atoms)
+    x_len = (torch.log(lengths) - loc.to(lengths.dtype)) / scale.to(lengths.dtype)
+    return torch.cat([x_len, angles_to_latent(_as_float_tensor(angles, "angles", like=lengths))], -1)
 
-    @classmethod
-    def from_dict(cls,
-                  d,  # a dict written by `to_dict`
-                 ):  # the statistics, float64
-        "Rebuild the statistics from `to_dict` output."
-        missing = {"loc", "scale", "count", "coef", "pooled_scale"} - set(d)
-        if missing:
-            raise ValueError(f"d is missing keys {sorted(missing)}")
-        f64 = lambda k: torch.tensor(d[k], dtype=torch.float64)
-        return cls(f64("loc"), f64("scale"), torch.tensor(d["count"], dtype=torch.long), f64("coef"),
-                   f64("pooled_scale"), int(d.get("min_count", 40)), float(d.get("prior_count", 20.0)))
+@patch
+def decode(self: LatticeLatentStats,
+           latent,  # 6-D latents, (n, 6), any real numbers
+           num_atoms,  # atoms per crystal, (n,)
+          ):  # (lengths (n, 3) in Å, always positive; angles (n, 3) in degrees, in (0, 180))
+    "Map KLDM's 6-D latent back to lengths and angles (the angle triple may still be invalid)."
+    x = _as_float_tensor(latent, "latent")
+    if x.shape[-1:] != (6,):
+        raise ValueError(f"latent must have shape (..., 6), got {tuple(x.shape)}")
+    loc, scale = self.loc_scale(num_atoms)
+    lengths = torch.exp(x[..., :3] * scale.to(x.dtype) + loc.to(x.dtype))
+    return lengths, latent_to_angles(x[..., 3:])
 
-    def loc_scale(self,
-                  num_atoms,  # atoms per crystal, (n,) integers >= 1
-                 ):  # (loc (n, 3), scale (n, 3)); N beyond the table use the pooled fit
-        "Look up loc and scale for each crystal's atom count."
-        n_at = torch.as_tensor(num_atoms, device=self.loc.device)
-        if n_at.is_floating_point():
-            if not bool((n_at == n_at.round()).all()):
-                raise ValueError("num_atoms must hold integers")
-            n_at = n_at.long()
-        if not bool((n_at >= 1).all()):
-            raise ValueError("num_atoms must be >= 1")
-        n_max = len(self.loc) - 1
-        inside = n_at <= n_max
-        idx = n_at.clamp_max(n_max)
-        pooled_loc = self.coef[0] + torch.log(n_at.to(self.coef.dtype))[..., None] * self.coef[1]
-        loc = torch.where(inside[..., None], self.loc[idx], pooled_loc)
-        scale = torch.where(inside[..., None], self.scale[idx], self.pooled_scale.expand_as(pooled_loc))
-        return loc, scale
+@patch
+def encode_lattice(self: LatticeLatentStats,
+                   lattice,  # lattice matrices, (n, 3, 3), Å (canonical cells)
+                   num_atoms,  # atoms per crystal, (n,)
+                  ):  # the 6-D latents, (n, 6)
+    "Matrix → lengths and angles → KLDM latent."
+    return self.encode(*lattice_to_params(lattice), num_atoms)
 
-    def encode(self,
-               lengths,  # lattice lengths, (n, 3), Å
-               angles,  # lattice angles, (n, 3), degrees in (0, 180)
-               num_atoms,  # atoms per crystal, (n,)
-              ):  # the 6-D latent [standardised log-lengths, transformed angles], (n, 6)
-        "Map lengths and angles to KLDM's 6-D latent."
-        lengths = _as_float_tensor(lengths, "lengths")
-        if not bool((lengths > 0).all()):
-            raise ValueError("lengths must be positive")
-        loc, scale = self.loc_scale(num_atoms)
-        x_len = (torch.log(lengths) - loc.to(lengths.dtype)) / scale.to(lengths.dtype)
-        return torch.cat([x_len, angles_to_latent(_as_float_tensor(angles, "angles", like=lengths))], -1)
-
-    def decode(self,
-               latent,  # 6-D latents, (n, 6), any real numbers
-               num_atoms,  # atoms per crystal, (n,)
-              ):  # (lengths (n, 3) in Å, always positive; angles (n, 3) in degrees, in (0, 180))
-        "Map KLDM's 6-D latent back to lengths and angles (the angle triple may still be invalid)."
-        x = _as_float_tensor(latent, "latent")
-        if x.shape[-1:] != (6,):
-            raise ValueError(f"latent must have shape (..., 6), got {tuple(x.shape)}")
-        loc, scale = self.loc_scale(num_atoms)
-        lengths = torch.exp(x[..., :3] * scale.to(x.dtype) + loc.to(x.dtype))
-        return lengths, latent_to_angles(x[..., 3:])
-
-    def encode_lattice(self,
-                       lattice,  # lattice matrices, (n, 3, 3), Å (canonical cells)
-                       num_atoms,  # atoms per crystal, (n,)
-                      ):  # the 6-D latents, (n, 6)
-        "Matrix → lengths and angles → KLDM latent."
-        return self.encode(*lattice_to_params(lattice), num_atoms)
-
-    def decode_lattice(self,
-                       latent,  # 6-D latents, (n, 6)
-                       num_atoms,  # atoms per crystal, (n,)
-                      ):  # lattice matrices in pymatgen's orientation, (n, 3, 3); degenerate where the angle triple is invalid
-        "KLDM latent → lengths and angles → matrix (no validity check: test with `params_valid`)."
-        return params_to_lattice(*self.decode(latent, num_atoms), check=False)
+# %% ../nbs/14_lattice.ipynb #beab4442
+@patch
+def decode_lattice(self: LatticeLatentStats,
+                   latent,  # 6-D latents, (n, 6)
+                   num_atoms,  # atoms per crystal, (n,)
+                  ):  # lattice matrices in pymatgen's orientation, (n, 3, 3); degenerate where the angle triple is invalid
+    "KLDM latent → lengths and angles → matrix (no validity check: test with `params_valid`)."
+    return params_to_lattice(*self.decode(latent, num_atoms), check=False)
 
 # %% ../nbs/14_lattice.ipynb #f7f724b1
 @dataclass
@@ -485,61 +502,68 @@ class VPSDE:
         t = self._t(t)
         return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2
 
-    def alpha(self,
-              t,  # network time τ in [0, 1], any shape
-             ):  # marginal mean coefficient e^{-B(τ)/2}, same shape
-        "Marginal mean coefficient α(τ) = exp(-½∫₀^τ β)."
-        return torch.exp(-0.5 * self.integral_beta(t))
-
-    def sigma(self,
-              t,  # network time τ in [0, 1], any shape
-             ):  # marginal standard deviation √(1 - α²), same shape
-        "Marginal standard deviation σ(τ) = √(1 - α(τ)²), computed as √(-expm1(-B)) for accuracy at small τ."
-        return torch.sqrt(-torch.expm1(-self.integral_beta(t)))
-
     @staticmethod
     def _bc(c, x):
         "Reshape per-crystal coefficients (n,) to broadcast against x (n, d)."
         c = c.to(x.dtype)
         return c.reshape(c.shape + (1,) * (x.ndim - c.ndim))
 
-    def q_sample(self,
-                 x0,  # clean latents, (n, 6)
-                 t,  # times τ in [0, 1], a float or (n,)
-                 eps,  # standard normal noise, same shape as x0
-                ):  # x_τ = α x0 + σ ε, same shape as x0
-        "Draw from the marginal q(x_τ | x_0) with the given noise."
-        x0 = _as_float_tensor(x0, "x0"); eps = _as_float_tensor(eps, "eps", like=x0)
-        if eps.shape != x0.shape:
-            raise ValueError(f"eps must have the shape of x0 {tuple(x0.shape)}, got {tuple(eps.shape)}")
-        t = _as_float_tensor(t, "t", like=x0)
-        return self._bc(self.alpha(t), x0) * x0 + self._bc(self.sigma(t), x0) * eps
+# %% ../nbs/14_lattice.ipynb #85e7c93b
+@patch
+def alpha(self: VPSDE,
+          t,  # network time τ in [0, 1], any shape
+         ):  # marginal mean coefficient e^{-B(τ)/2}, same shape
+    "Marginal mean coefficient α(τ) = exp(-½∫₀^τ β)."
+    return torch.exp(-0.5 * self.integral_beta(t))
 
-    def score_from_x0(self,
-                      x_t,  # noisy latents, (n, 6)
-                      x0_hat,  # the network's prediction of x0, same shape
-                      t,  # times τ in (0, 1], a float or (n,)
-                     ):  # the model score (α x̂0 - x_τ)/σ², same shape
-        "Score implied by an x0-prediction."
-        x_t = _as_float_tensor(x_t, "x_t"); x0_hat = _as_float_tensor(x0_hat, "x0_hat", like=x_t)
-        t = _as_float_tensor(t, "t", like=x_t)
-        if not bool((t > 0).all()):
-            raise ValueError("t must be positive for the score (σ(0) = 0)")
-        return (self._bc(self.alpha(t), x_t) * x0_hat - x_t) / self._bc(self.sigma(t), x_t) ** 2
+@patch
+def sigma(self: VPSDE,
+          t,  # network time τ in [0, 1], any shape
+         ):  # marginal standard deviation √(1 - α²), same shape
+    "Marginal standard deviation σ(τ) = √(1 - α(τ)²), computed as √(-expm1(-B)) for accuracy at small τ."
+    return torch.sqrt(-torch.expm1(-self.integral_beta(t)))
 
-    def reverse_em_step(self,
-                        x_t,  # current latents at time τ, (n, 6)
-                        score,  # score estimate at (x_τ, τ), same shape
-                        t,  # current times τ in (0, 1], a float or (n,)
-                        h,  # step size > 0 (the step goes from τ to τ - h)
-                        z,  # standard normal noise, same shape as x_t
-                       ):  # latents at time τ - h, same shape
-        "One Euler–Maruyama step of the reverse-time SDE: x + hβ(½x + s) + √(hβ) z."
-        x_t = _as_float_tensor(x_t, "x_t")
-        score = _as_float_tensor(score, "score", like=x_t); z = _as_float_tensor(z, "z", like=x_t)
-        h = _as_float_tensor(h, "h", like=x_t)
-        if not bool((h > 0).all()):
-            raise ValueError("h must be positive")
-        b = self._bc(self.beta(_as_float_tensor(t, "t", like=x_t)), x_t)
-        h = self._bc(h, x_t)
-        return x_t + h * b * (0.5 * x_t + score) + (h * b).sqrt() * z
+@patch
+def q_sample(self: VPSDE,
+             x0,  # clean latents, (n, 6)
+             t,  # times τ in [0, 1], a float or (n,)
+             eps,  # standard normal noise, same shape as x0
+            ):  # x_τ = α x0 + σ ε, same shape as x0
+    "Draw from the marginal q(x_τ | x_0) with the given noise."
+    x0 = _as_float_tensor(x0, "x0"); eps = _as_float_tensor(eps, "eps", like=x0)
+    if eps.shape != x0.shape:
+        raise ValueError(f"eps must have the shape of x0 {tuple(x0.shape)}, got {tuple(eps.shape)}")
+    t = _as_float_tensor(t, "t", like=x0)
+    return self._bc(self.alpha(t), x0) * x0 + self._bc(self.sigma(t), x0) * eps
+
+@patch
+def score_from_x0(self: VPSDE,
+                  x_t,  # noisy latents, (n, 6)
+                  x0_hat,  # the network's prediction of x0, same shape
+                  t,  # times τ in (0, 1], a float or (n,)
+                 ):  # the model score (α x̂0 - x_τ)/σ², same shape
+    "Score implied by an x0-prediction."
+    x_t = _as_float_tensor(x_t, "x_t"); x0_hat = _as_float_tensor(x0_hat, "x0_hat", like=x_t)
+    t = _as_float_tensor(t, "t", like=x_t)
+    if not bool((t > 0).all()):
+        raise ValueError("t must be positive for the score (σ(0) = 0)")
+    return (self._bc(self.alpha(t), x_t) * x0_hat - x_t) / self._bc(self.sigma(t), x_t) ** 2
+
+# %% ../nbs/14_lattice.ipynb #c9714bd7
+@patch
+def reverse_em_step(self: VPSDE,
+                    x_t,  # current latents at time τ, (n, 6)
+                    score,  # score estimate at (x_τ, τ), same shape
+                    t,  # current times τ in (0, 1], a float or (n,)
+                    h,  # step size > 0 (the step goes from τ to τ - h)
+                    z,  # standard normal noise, same shape as x_t
+                   ):  # latents at time τ - h, same shape
+    "One Euler–Maruyama step of the reverse-time SDE: x + hβ(½x + s) + √(hβ) z."
+    x_t = _as_float_tensor(x_t, "x_t")
+    score = _as_float_tensor(score, "score", like=x_t); z = _as_float_tensor(z, "z", like=x_t)
+    h = _as_float_tensor(h, "h", like=x_t)
+    if not bool((h > 0).all()):
+        raise ValueError("h must be positive")
+    b = self._bc(self.beta(_as_float_tensor(t, "t", like=x_t)), x_t)
+    h = self._bc(h, x_t)
+    return x_t + h * b * (0.5 * x_t + score) + (h * b).sqrt() * z

@@ -26,6 +26,7 @@ from torch_geometric.utils import scatter
 from . import __version__
 from .metrics import build_structure
 from .torus import mod1
+from fastcore.basics import patch
 
 # %% ../nbs/31_model.ipynb #22dd9e3e
 @dataclass
@@ -228,73 +229,80 @@ class CrystalModel(nn.Module):
         "Sampler in tensors: dict with frac, lattice, types, index (and trajectory)."
         raise NotImplementedError
 
-    def fit_data(self,
-                 train_data,   # the training crystals (list-like of Data)
-                ):             # self
-        "Fit the statistics of the training data the model needs before training (none here; KLDM overrides it)."
-        return self
-
-    @property
-    def data_fitted(self) -> bool:   # False while `fit_data` still has something to do
-        "Whether the data statistics set by `fit_data` are in place (always, for a model that needs none)."
-        return True
-
     # --- what the base class does --------------------------------------------------------------
-    @property
-    def device(self):
-        "Device of the parameters (CPU for a model without parameters)."
-        p = next(self.parameters(), None)
-        return p.device if p is not None else torch.device("cpu")
 
-    def sample(self,
-               batch_or_spec,           # a CompositionSpec, or a PyG Batch whose compositions are used
-               n_steps: int | None = None,  # sampler steps (None: the model's default)
-               method: str | None = None,   # sampler name (None: the model's default)
-               return_trajectory: bool = False,  # also return a `Trajectory`
-               generator=None,          # torch.Generator for reproducible sampling
-               **kwargs):               # model-specific options (e.g. step_lr)
-        "Generate crystals: a list of pymatgen Structures (None where unbuildable), and the trajectory if asked."
-        spec = spec_from_batch(batch_or_spec)
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.no_grad():
-                out = self.sample_tensors(spec, n_steps=n_steps, method=method, generator=generator,
-                                          return_trajectory=return_trajectory, **kwargs)
-        finally:
-            self.train(was_training)
-        structures = structures_from_tensors(out["frac"], out["lattice"], out["types"], out["index"])
-        return (structures, out["trajectory"]) if return_trajectory else structures
+# %% ../nbs/31_model.ipynb #cc36ef15
+@patch
+def fit_data(self: CrystalModel,
+             train_data,   # the training crystals (list-like of Data)
+            ):             # self
+    "Fit the statistics of the training data the model needs before training (none here; KLDM overrides it)."
+    return self
 
-    def checkpoint_dict(self) -> dict:
-        "The checkpoint as a plain dict: class, module, config, version, state_dict."
-        return {"format": 1, "class": type(self).__name__, "module": type(self).__module__,
-                "config": config_to_dict(self.config) if self.config is not None else None,
-                "version": __version__, "state_dict": self.state_dict()}
+@patch(as_prop=True)
+def data_fitted(self: CrystalModel) -> bool:   # False while `fit_data` still has something to do
+    "Whether the data statistics set by `fit_data` are in place (always, for a model that needs none)."
+    return True
 
-    def save(self,
-             path,                # where to write the checkpoint (parent folders are created)
-            ) -> Path:            # the path written
-        "Write a checkpoint atomically (temporary file, then rename)."
-        path = Path(path)
-        if path.exists() and path.is_dir():
-            raise ValueError(f"path {path} is a directory")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        try:
-            torch.save(self.checkpoint_dict(), tmp)
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists(): tmp.unlink()
-        return path
+@patch(as_prop=True)
+def device(self: CrystalModel):
+    "Device of the parameters (CPU for a model without parameters)."
+    p = next(self.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
 
-    @classmethod
-    def load(cls,
-             path,                # a checkpoint written by `save`
-             map_location="cpu",  # where to put the tensors
-            ):                    # the model, in eval mode
-        "Load a checkpoint written by `save` (weights_only=True); any CrystalModel subclass of this package."
-        return load_model(path, map_location=map_location, expect=cls)
+@patch
+def sample(self: CrystalModel,
+           batch_or_spec,           # a CompositionSpec, or a PyG Batch whose compositions are used
+           n_steps: int | None = None,  # sampler steps (None: the model's default)
+           method: str | None = None,   # sampler name (None: the model's default)
+           return_trajectory: bool = False,  # also return a `Trajectory`
+           generator=None,          # torch.Generator for reproducible sampling
+           **kwargs):               # model-specific options (e.g. step_lr)
+    "Generate crystals: a list of pymatgen Structures (None where unbuildable), and the trajectory if asked."
+    spec = spec_from_batch(batch_or_spec)
+    was_training = self.training
+    self.eval()
+    try:
+        with torch.no_grad():
+            out = self.sample_tensors(spec, n_steps=n_steps, method=method, generator=generator,
+                                      return_trajectory=return_trajectory, **kwargs)
+    finally:
+        self.train(was_training)
+    structures = structures_from_tensors(out["frac"], out["lattice"], out["types"], out["index"])
+    return (structures, out["trajectory"]) if return_trajectory else structures
+
+# %% ../nbs/31_model.ipynb #314c2d3a
+@patch
+def checkpoint_dict(self: CrystalModel) -> dict:
+    "The checkpoint as a plain dict: class, module, config, version, state_dict."
+    return {"format": 1, "class": type(self).__name__, "module": type(self).__module__,
+            "config": config_to_dict(self.config) if self.config is not None else None,
+            "version": __version__, "state_dict": self.state_dict()}
+
+@patch
+def save(self: CrystalModel,
+         path,                # where to write the checkpoint (parent folders are created)
+        ) -> Path:            # the path written
+    "Write a checkpoint atomically (temporary file, then rename)."
+    path = Path(path)
+    if path.exists() and path.is_dir():
+        raise ValueError(f"path {path} is a directory")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        torch.save(self.checkpoint_dict(), tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists(): tmp.unlink()
+    return path
+
+@patch(cls_method=True)
+def load(cls: CrystalModel,
+         path,                # a checkpoint written by `save`
+         map_location="cpu",  # where to put the tensors
+        ):                    # the model, in eval mode
+    "Load a checkpoint written by `save` (weights_only=True); any CrystalModel subclass of this package."
+    return load_model(path, map_location=map_location, expect=cls)
 
 # %% ../nbs/31_model.ipynb #cf29950f
 def load_model(

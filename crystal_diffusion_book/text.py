@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+from fastcore.basics import patch
 
 # %% ../nbs/60_text.ipynb #8022e0c8
 PROMPT_HEAD = "Below is a description of a bulk material. "
@@ -377,58 +378,64 @@ class TextEncoder:
         self.name = MINILM if is_minilm else str(model)
         self.n_truncated = 0
 
-    def identity(self):   # a string that changes when the weights or the pipeline change
-        "What the embedding cache is keyed by: model name/path, its config and weight files' sizes, and the pipeline."
-        folder = Path(getattr(self.model, "name_or_path", "") or "")
-        files = sorted((p.name, p.stat().st_size) for p in folder.glob("*")) if folder.is_dir() else []
-        return json.dumps({"name": self.name, "files": files, "pooling": self.pooling,
-                           "normalize": self.normalize, "max_length": self.max_length}, sort_keys=True)
+# %% ../nbs/60_text.ipynb #2513bbe5
+@patch
+def identity(self: TextEncoder):   # a string that changes when the weights or the pipeline change
+    "What the embedding cache is keyed by: model name/path, its config and weight files' sizes, and the pipeline."
+    folder = Path(getattr(self.model, "name_or_path", "") or "")
+    files = sorted((p.name, p.stat().st_size) for p in folder.glob("*")) if folder.is_dir() else []
+    return json.dumps({"name": self.name, "files": files, "pooling": self.pooling,
+                       "normalize": self.normalize, "max_length": self.max_length}, sort_keys=True)
 
-    def _check(self, texts):
-        if isinstance(texts, str):
-            raise ValueError("texts must be a list of strings, got a single string")
-        texts = list(texts)
-        for i, t in enumerate(texts):
-            if not isinstance(t, str):
-                raise ValueError(f"texts[{i}] must be a string, got {type(t).__name__}")
-            if not t.strip():
-                raise ValueError(f"texts[{i}] is empty: refusing to encode an empty prompt")
-        return texts
+@patch
+def _check(self: TextEncoder, texts):
+    if isinstance(texts, str):
+        raise ValueError("texts must be a list of strings, got a single string")
+    texts = list(texts)
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise ValueError(f"texts[{i}] must be a string, got {type(t).__name__}")
+        if not t.strip():
+            raise ValueError(f"texts[{i}] is empty: refusing to encode an empty prompt")
+    return texts
 
-    def token_lengths(self,
-                      texts,    # list of strings
-                     ):         # numpy array of token counts (with special tokens), before truncation
-        "Number of tokens of each text, special tokens included, before truncation."
-        texts = self._check(texts)
-        return np.array([len(ids) for ids in self.tokenizer(texts, truncation=False)["input_ids"]])
+@patch
+def token_lengths(self: TextEncoder,
+                  texts,    # list of strings
+                 ):         # numpy array of token counts (with special tokens), before truncation
+    "Number of tokens of each text, special tokens included, before truncation."
+    texts = self._check(texts)
+    return np.array([len(ids) for ids in self.tokenizer(texts, truncation=False)["input_ids"]])
 
-    @torch.no_grad()
-    def encode(self,
-               texts,           # list of n non-empty strings
-               batch_size=64,   # texts per forward pass
-              ):                # (n, dim) float32 tensor on the CPU
-        "Embed texts with the frozen model: [CLS] or mean of the last hidden layer, optionally L2-normalised."
-        texts = self._check(texts)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        n_long = int((self.token_lengths(texts) > self.max_length).sum()) if texts else 0
-        if n_long:
-            warnings.warn(f"{n_long} of {len(texts)} texts are longer than {self.max_length} tokens and were truncated")
-        self.n_truncated = n_long
-        out = []
-        for k in range(0, len(texts), batch_size):
-            tok = self.tokenizer(texts[k:k + batch_size], padding=True, truncation=True,
-                                 max_length=self.max_length, return_tensors="pt").to(self.device)
-            h = self.model(**tok).last_hidden_state                      # (b, L, dim)
-            if self.pooling == "cls":
-                e = h[:, 0]                                             # (b, dim)
-            else:
-                m = tok["attention_mask"].unsqueeze(-1).to(h.dtype)     # (b, L, 1)
-                e = (h * m).sum(1) / m.sum(1).clamp_min(1e-9)           # (b, dim)
-            if self.normalize:
-                e = torch.nn.functional.normalize(e, dim=-1)
-            out.append(e.float().cpu())
-        return torch.cat(out) if out else torch.zeros(0, self.dim)
+# %% ../nbs/60_text.ipynb #3ad77e60
+@patch
+@torch.no_grad()
+def encode(self: TextEncoder,
+           texts,           # list of n non-empty strings
+           batch_size=64,   # texts per forward pass
+          ):                # (n, dim) float32 tensor on the CPU
+    "Embed texts with the frozen model: [CLS] or mean of the last hidden layer, optionally L2-normalised."
+    texts = self._check(texts)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    n_long = int((self.token_lengths(texts) > self.max_length).sum()) if texts else 0
+    if n_long:
+        warnings.warn(f"{n_long} of {len(texts)} texts are longer than {self.max_length} tokens and were truncated")
+    self.n_truncated = n_long
+    out = []
+    for k in range(0, len(texts), batch_size):
+        tok = self.tokenizer(texts[k:k + batch_size], padding=True, truncation=True,
+                             max_length=self.max_length, return_tensors="pt").to(self.device)
+        h = self.model(**tok).last_hidden_state                      # (b, L, dim)
+        if self.pooling == "cls":
+            e = h[:, 0]                                             # (b, dim)
+        else:
+            m = tok["attention_mask"].unsqueeze(-1).to(h.dtype)     # (b, L, 1)
+            e = (h * m).sum(1) / m.sum(1).clamp_min(1e-9)           # (b, dim)
+        if self.normalize:
+            e = torch.nn.functional.normalize(e, dim=-1)
+        out.append(e.float().cpu())
+    return torch.cat(out) if out else torch.zeros(0, self.dim)
 
 # %% ../nbs/60_text.ipynb #30fee128
 def embed_texts(

@@ -20,6 +20,7 @@ from .d3pm import D3PM
 from .diffcsp import DiffCSP, DiffCSPConfig
 from .model import CompositionSpec
 from .text import TextConditioner, guided_denoiser
+from fastcore.basics import patch
 
 # %% ../nbs/61_tgdmat.ipynb #3929d4c6
 TYPE_SCHEDULES = ("tgdmat", "cosine", "linear")   # ᾱ_t of the type D3PM (chapter 15)
@@ -133,30 +134,33 @@ class AbsorbingTypes:
         "CSPNet's atomic-number convention: class c is Z = c + 1 (the mask token K is Z = K + 1)."
         return x + 1
 
-    def step(self,
-             x,                           # (n_atoms,) long, the state at time t
-             out: dict,                   # the (guided) network output at t; out["types"] (n_atoms, K) are x_0 logits
-             t: int,                      # the current time
-             k: int,                      # its index on the grid (the step goes from grid[k] to grid[k-1])
-             generator=None,              # torch.Generator on the device
-            ):                            # (n_atoms,) long, the state at grid[k-1]
-        "One reverse step x_{t_k} -> x_{t_{k-1}} from the network's x_0 prediction."
-        p0 = torch.softmax(out["types"].double(), -1)                          # (n_atoms, K)
-        self.guess = p0.argmax(-1)
-        if self.published and k == 1:
-            x = self.guess                                                     # TGDMat: argmax of x_0 at the last step
-        elif self.published:
-            x = _draw(self.d.q_posterior(p0, x, k, form="plugin", eps=1e-6), generator)
-        else:
-            x = _draw(self.d.q_posterior(p0, x, k, form="mixture"), generator)
-        self.masked[self.grid[k - 1]] = x == self.mask
-        return x
+# %% ../nbs/61_tgdmat.ipynb #8a8a8310
+@patch
+def step(self: AbsorbingTypes,
+         x,                           # (n_atoms,) long, the state at time t
+         out: dict,                   # the (guided) network output at t; out["types"] (n_atoms, K) are x_0 logits
+         t: int,                      # the current time
+         k: int,                      # its index on the grid (the step goes from grid[k] to grid[k-1])
+         generator=None,              # torch.Generator on the device
+        ):                            # (n_atoms,) long, the state at grid[k-1]
+    "One reverse step x_{t_k} -> x_{t_{k-1}} from the network's x_0 prediction."
+    p0 = torch.softmax(out["types"].double(), -1)                          # (n_atoms, K)
+    self.guess = p0.argmax(-1)
+    if self.published and k == 1:
+        x = self.guess                                                     # TGDMat: argmax of x_0 at the last step
+    elif self.published:
+        x = _draw(self.d.q_posterior(p0, x, k, form="plugin", eps=1e-6), generator)
+    else:
+        x = _draw(self.d.q_posterior(p0, x, k, form="mixture"), generator)
+    self.masked[self.grid[k - 1]] = x == self.mask
+    return x
 
-    def decode(self, x):                  # (n_atoms,) class indices -> (n_atoms,) atomic numbers
-        "Atomic numbers; a site still masked (corrected) shows the network's current best guess."
-        if not self.published:
-            x = torch.where(x == self.mask, self.guess, x)
-        return x + 1
+@patch
+def decode(self: AbsorbingTypes, x):                  # (n_atoms,) class indices -> (n_atoms,) atomic numbers
+    "Atomic numbers; a site still masked (corrected) shows the network's current best guess."
+    if not self.published:
+        x = torch.where(x == self.mask, self.guess, x)
+    return x + 1
 
 # %% ../nbs/61_tgdmat.ipynb #7e4cfd1f
 class TGDMat(DiffCSP):
@@ -189,76 +193,6 @@ class TGDMat(DiffCSP):
         if text_emb.shape != (n_crystals, c.text_dim):
             raise ValueError(f"text_emb must have shape ({n_crystals}, {c.text_dim}), got {tuple(text_emb.shape)}")
         return self.conditioner(text_emb, drop=drop)
-
-    def denoise(self,
-                t,             # (n_crystals,) long, integer times 1..T
-                types_in,      # (n_atoms,) atomic numbers (CSP) or noisy types as Z = class + 1 (DNG)
-                frac,          # (n_atoms, 3) noisy fractional coordinates
-                lattice,       # (n_crystals, 3, 3) noisy lattices
-                index,         # (n_atoms,) crystal of each atom
-                edge_index,    # (2, E) fully connected edges
-                cond=None,     # (n_crystals, text_out_dim) projected condition (None: ∅ for every crystal)
-               ) -> dict:      # coord (n_atoms, 3): -score/√λ; lattice (n_crystals, 3, 3): ε̂_L; types (n_atoms, K): x_0 logits (DNG)
-        "The network's predictions given the projected text, which CSPNet concatenates to every atom's input."
-        if cond is None: cond = self.conditioner(None, n_crystals=lattice.shape[0])
-        return self.net(t, types_in, frac, lattice, index, edge_index, cond=cond)
-
-    def noise_types(self,
-                    atom_types,           # (n_atoms,) atomic numbers Z of the clean crystals
-                    t,                    # (n_atoms,) long times in 0..T
-                    generator=None,       # torch.Generator on the model's device
-                   ):                     # (n_atoms,) long class indices of x_t (the absorbing state where masked)
-        "Draw x_t ~ q(x_t | x_0) of the absorbing D3PM (chapter 95, TGDMat atom types)."
-        if self.type_diffusion is None: raise ValueError("noise_types needs task='dng'")
-        d = _d3pm_on(self.type_diffusion, self.sigmas.device)
-        return _draw(d.q_probs(atom_types.to(self.sigmas.device) - 1, t), generator)
-
-    def loss(self,
-             batch,                # a PyG Batch of crystals with text_emb (n_crystals, text_dim) when text_dim > 0
-             t=None,               # optional (n_crystals,) long times; drawn uniformly from 1..T if None
-             generator=None,       # torch.Generator for t, the noise and the condition dropout
-            ) -> dict:             # "lattice", "coord" (and "type", "type_ce", "type_vb" for DNG), and "loss"
-        "TGDMat's training loss: DiffCSP's lattice and coordinate terms plus the hybrid D3PM type loss, all given the text."
-        c, dev = self.config, self.sigmas.device
-        nb = self.noise_batch(batch, t, generator)                             # DiffCSP's t, lattice and coordinate noise
-        t, index = nb["t"], nb["index"]
-        n_cr = t.shape[0]
-        drop = None
-        if self.training and c.p_uncond > 0 and c.text_dim > 0:
-            drop = torch.rand(n_cr, generator=generator, device=dev) < c.p_uncond     # (n_crystals,) condition dropout
-        cond = self.condition(getattr(batch, "text_emb", None), n_cr, drop)    # (n_crystals, text_out_dim)
-        if c.task == "dng":
-            x0 = batch.atom_types.to(dev) - 1                                  # (n_atoms,) class indices
-            x_t = self.noise_types(batch.atom_types, t[index], generator)      # (n_atoms,)
-            types_in = x_t + 1
-        else:
-            types_in = batch.atom_types.to(dev)
-        out = self.denoise(t, types_in, nb["frac_t"], nb["L_t"], index, nb["edge_index"], cond=cond)
-        terms = {"lattice": ((out["lattice"] - nb["eps_L"]) ** 2).mean(),
-                 "coord": ((out["coord"] - nb["target_F"]) ** 2).mean()}
-        total = c.cost_lattice * terms["lattice"] + c.cost_coord * terms["coord"]
-        if c.task == "dng":
-            d = _d3pm_on(self.type_diffusion, dev)
-            form = "plugin" if c.types == "published" else "mixture"
-            terms["type"], terms["type_ce"], terms["type_vb"] = d.hybrid_loss(out["types"], x0, x_t, t[index],
-                                                                              lam=c.type_vb_weight, form=form)
-            total = total + c.cost_type * terms["type"]
-        terms["loss"] = total
-        return terms
-
-    def type_grid(self,
-                  n_steps: int | None = None,   # sampler steps S (None: T)
-                  grid: str = "paper",          # the sampler's time grid (DiffCSP.timesteps): "paper" or "skip_end"
-                 ):                             # (D3PM with S steps, (S+1,) long grid of times 0 = t_0 < ... < t_S)
-        "The type D3PM on the sampler's times: the same ᾱ at the visited times, respaced when S < T."
-        ts = self.timesteps(n_steps, grid)                                     # (S,) decreasing to 1
-        grid = torch.cat([ts.new_zeros(1), ts.flip(0)])                        # (S+1,) increasing
-        d = self.type_diffusion
-        if len(ts) < self.config.T:
-            ab = d.alpha_bar[grid]
-            d = D3PM(d.num_classes, len(ts), "absorbing", lambda s: ab,
-                     absorbing_state=d.mask_token if d.mask_token < d.num_classes else None)
-        return d, grid
 
     @torch.no_grad()
     def sample_tensors(self,
@@ -308,6 +242,83 @@ class TGDMat(DiffCSP):
             tr = out["trajectory"]
             tr["masked"] = torch.stack([types.masked["start"]] + [types.masked[int(s)] for s in tr["t"][1:]])
         return out
+
+# %% ../nbs/61_tgdmat.ipynb #780e84a1
+@patch
+def denoise(self: TGDMat,
+            t,             # (n_crystals,) long, integer times 1..T
+            types_in,      # (n_atoms,) atomic numbers (CSP) or noisy types as Z = class + 1 (DNG)
+            frac,          # (n_atoms, 3) noisy fractional coordinates
+            lattice,       # (n_crystals, 3, 3) noisy lattices
+            index,         # (n_atoms,) crystal of each atom
+            edge_index,    # (2, E) fully connected edges
+            cond=None,     # (n_crystals, text_out_dim) projected condition (None: ∅ for every crystal)
+           ) -> dict:      # coord (n_atoms, 3): -score/√λ; lattice (n_crystals, 3, 3): ε̂_L; types (n_atoms, K): x_0 logits (DNG)
+    "The network's predictions given the projected text, which CSPNet concatenates to every atom's input."
+    if cond is None: cond = self.conditioner(None, n_crystals=lattice.shape[0])
+    return self.net(t, types_in, frac, lattice, index, edge_index, cond=cond)
+
+@patch
+def noise_types(self: TGDMat,
+                atom_types,           # (n_atoms,) atomic numbers Z of the clean crystals
+                t,                    # (n_atoms,) long times in 0..T
+                generator=None,       # torch.Generator on the model's device
+               ):                     # (n_atoms,) long class indices of x_t (the absorbing state where masked)
+    "Draw x_t ~ q(x_t | x_0) of the absorbing D3PM (chapter 95, TGDMat atom types)."
+    if self.type_diffusion is None: raise ValueError("noise_types needs task='dng'")
+    d = _d3pm_on(self.type_diffusion, self.sigmas.device)
+    return _draw(d.q_probs(atom_types.to(self.sigmas.device) - 1, t), generator)
+
+# %% ../nbs/61_tgdmat.ipynb #7284ed04
+@patch
+def loss(self: TGDMat,
+         batch,                # a PyG Batch of crystals with text_emb (n_crystals, text_dim) when text_dim > 0
+         t=None,               # optional (n_crystals,) long times; drawn uniformly from 1..T if None
+         generator=None,       # torch.Generator for t, the noise and the condition dropout
+        ) -> dict:             # "lattice", "coord" (and "type", "type_ce", "type_vb" for DNG), and "loss"
+    "TGDMat's training loss: DiffCSP's lattice and coordinate terms plus the hybrid D3PM type loss, all given the text."
+    c, dev = self.config, self.sigmas.device
+    nb = self.noise_batch(batch, t, generator)                             # DiffCSP's t, lattice and coordinate noise
+    t, index = nb["t"], nb["index"]
+    n_cr = t.shape[0]
+    drop = None
+    if self.training and c.p_uncond > 0 and c.text_dim > 0:
+        drop = torch.rand(n_cr, generator=generator, device=dev) < c.p_uncond     # (n_crystals,) condition dropout
+    cond = self.condition(getattr(batch, "text_emb", None), n_cr, drop)    # (n_crystals, text_out_dim)
+    if c.task == "dng":
+        x0 = batch.atom_types.to(dev) - 1                                  # (n_atoms,) class indices
+        x_t = self.noise_types(batch.atom_types, t[index], generator)      # (n_atoms,)
+        types_in = x_t + 1
+    else:
+        types_in = batch.atom_types.to(dev)
+    out = self.denoise(t, types_in, nb["frac_t"], nb["L_t"], index, nb["edge_index"], cond=cond)
+    terms = {"lattice": ((out["lattice"] - nb["eps_L"]) ** 2).mean(),
+             "coord": ((out["coord"] - nb["target_F"]) ** 2).mean()}
+    total = c.cost_lattice * terms["lattice"] + c.cost_coord * terms["coord"]
+    if c.task == "dng":
+        d = _d3pm_on(self.type_diffusion, dev)
+        form = "plugin" if c.types == "published" else "mixture"
+        terms["type"], terms["type_ce"], terms["type_vb"] = d.hybrid_loss(out["types"], x0, x_t, t[index],
+                                                                          lam=c.type_vb_weight, form=form)
+        total = total + c.cost_type * terms["type"]
+    terms["loss"] = total
+    return terms
+
+# %% ../nbs/61_tgdmat.ipynb #8a98b61e
+@patch
+def type_grid(self: TGDMat,
+              n_steps: int | None = None,   # sampler steps S (None: T)
+              grid: str = "paper",          # the sampler's time grid (DiffCSP.timesteps): "paper" or "skip_end"
+             ):                             # (D3PM with S steps, (S+1,) long grid of times 0 = t_0 < ... < t_S)
+    "The type D3PM on the sampler's times: the same ᾱ at the visited times, respaced when S < T."
+    ts = self.timesteps(n_steps, grid)                                     # (S,) decreasing to 1
+    grid = torch.cat([ts.new_zeros(1), ts.flip(0)])                        # (S+1,) increasing
+    d = self.type_diffusion
+    if len(ts) < self.config.T:
+        ab = d.alpha_bar[grid]
+        d = D3PM(d.num_classes, len(ts), "absorbing", lambda s: ab,
+                 absorbing_state=d.mask_token if d.mask_token < d.num_classes else None)
+    return d, grid
 
 # %% ../nbs/61_tgdmat.ipynb #25911516
 def spec_from_text(

@@ -31,6 +31,7 @@ from torch_geometric.data import Batch
 from . import __version__
 from .data import CrystalDataset, fully_connected_edges, make_loader
 from .model import CrystalModel
+from fastcore.basics import patch
 
 # %% ../nbs/50_train.ipynb #6115f08a
 @dataclass
@@ -233,18 +234,22 @@ class EpochBatchSampler:
             out.pop()
         return out
 
-    def set_epoch(self,
-                  epoch: int,     # the epoch to iterate
-                  start: int = 0, # first batch to yield (a resumed run skips the ones already done)
-                 ):
-        "Choose the epoch (and the first batch) of the next iteration."
-        self.epoch, self.start = int(epoch), int(start)
+# %% ../nbs/50_train.ipynb #2a8df834
+@patch
+def set_epoch(self: EpochBatchSampler,
+              epoch: int,     # the epoch to iterate
+              start: int = 0, # first batch to yield (a resumed run skips the ones already done)
+             ):
+    "Choose the epoch (and the first batch) of the next iteration."
+    self.epoch, self.start = int(epoch), int(start)
 
-    def __len__(self): return len(self.global_batches(self.epoch))
+@patch
+def __len__(self: EpochBatchSampler): return len(self.global_batches(self.epoch))
 
-    def __iter__(self):
-        for b in self.global_batches(self.epoch)[self.start:]:
-            yield b[self.rank::self.world_size]
+@patch
+def __iter__(self: EpochBatchSampler):
+    for b in self.global_batches(self.epoch)[self.start:]:
+        yield b[self.rank::self.world_size]
 
 # %% ../nbs/50_train.ipynb #62aca644
 class FlatCrystals:
@@ -275,31 +280,33 @@ class FlatCrystals:
     def __len__(self): return len(self.data)
     def __getitem__(self, i): return self.data[i]      # one crystal Data, as the wrapped list gives it
 
-    def batch(self,
-              idx,              # crystal indices, in batch order
-              self_loops=True,  # edges i -> i included (DiffCSP/TGDMat) or not (KLDM)
-             ):                 # a PyG `Batch` equal in every field (and slice) to `collate([data[i] for i in idx])`
-        "The batch of crystals `idx`: row gathers from the flat tensors, then the same fully connected edges."
-        idx = torch.as_tensor(idx, dtype=torch.long).reshape(-1)
-        if idx.numel() == 0: raise ValueError("idx must hold at least one crystal index")
-        out, B = Batch(_base_cls=self.base_cls), idx.numel()
-        n = self.num_atoms[idx]                             # (B,)
-        slices, incs, rows_of = {}, {}, {}
-        for k in self.keys:
-            if k == "num_nodes": out.num_nodes = int(n.sum()); continue
-            v, sl = self.values[k], self.slices[k]
-            if isinstance(v, list):
-                out[k], slices[k], incs[k] = [v[i] for i in idx.tolist()], torch.arange(B + 1), None
-                continue
-            key = id(sl)
-            if key not in rows_of: rows_of[key] = _gather_ranges(sl, idx)
-            rows, new_sl = rows_of[key]
-            out[k], slices[k], incs[k] = v[rows], new_sl, torch.zeros(B, dtype=torch.long)
-        out.batch = torch.repeat_interleave(torch.arange(B), n)
-        out.ptr = torch.cat([n.new_zeros(1), torch.cumsum(n, 0)])
-        out._num_graphs, out._slice_dict, out._inc_dict = B, slices, incs
-        out.edge_index = fully_connected_edges(n, self_loops=self_loops)
-        return out
+# %% ../nbs/50_train.ipynb #cb30900a
+@patch
+def batch(self: FlatCrystals,
+          idx,              # crystal indices, in batch order
+          self_loops=True,  # edges i -> i included (DiffCSP/TGDMat) or not (KLDM)
+         ):                 # a PyG `Batch` equal in every field (and slice) to `collate([data[i] for i in idx])`
+    "The batch of crystals `idx`: row gathers from the flat tensors, then the same fully connected edges."
+    idx = torch.as_tensor(idx, dtype=torch.long).reshape(-1)
+    if idx.numel() == 0: raise ValueError("idx must hold at least one crystal index")
+    out, B = Batch(_base_cls=self.base_cls), idx.numel()
+    n = self.num_atoms[idx]                             # (B,)
+    slices, incs, rows_of = {}, {}, {}
+    for k in self.keys:
+        if k == "num_nodes": out.num_nodes = int(n.sum()); continue
+        v, sl = self.values[k], self.slices[k]
+        if isinstance(v, list):
+            out[k], slices[k], incs[k] = [v[i] for i in idx.tolist()], torch.arange(B + 1), None
+            continue
+        key = id(sl)
+        if key not in rows_of: rows_of[key] = _gather_ranges(sl, idx)
+        rows, new_sl = rows_of[key]
+        out[k], slices[k], incs[k] = v[rows], new_sl, torch.zeros(B, dtype=torch.long)
+    out.batch = torch.repeat_interleave(torch.arange(B), n)
+    out.ptr = torch.cat([n.new_zeros(1), torch.cumsum(n, 0)])
+    out._num_graphs, out._slice_dict, out._inc_dict = B, slices, incs
+    out.edge_index = fully_connected_edges(n, self_loops=self_loops)
+    return out
 
 # %% ../nbs/50_train.ipynb #46cdc48a
 def _store_keys(ds):
