@@ -39,6 +39,13 @@ def epoch_curve(epochs_csv: Path, marks=(25, 50, 100, 150, 200, 300, 400, 500)) 
     return out
 
 
+def train_timing(epochs_csv: Path) -> dict:
+    "Wall seconds of the whole training (all resumed calls: the log's last cumulative time) and the final learning rate."
+    ep = pd.read_csv(epochs_csv)
+    return {"train_seconds": float(ep["seconds"].iloc[-1]), "lr_final": float(ep["lr"].iloc[-1]),
+            "lr_drops_at_epoch": [int(e) + 1 for e, a, b in zip(ep["epoch"][1:], ep["lr"][:-1], ep["lr"][1:]) if b < a]}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", choices=sorted(CPU_LONG_SAMPLER), required=True)
@@ -72,6 +79,7 @@ def main(argv=None):
               "n_train": len(train_data), "n_val": len(val_data), "n_test": len(test_data),
               "sampler": {"n_steps": n_steps, **kw}, "val_loss": val,
               "val_loss_at_epoch": epoch_curve(a.run_dir / "train" / "epochs.csv"),
+              **train_timing(a.run_dir / "train" / "epochs.csv"),
               "train_seed": 0, "environment": environment(), "seeds": []}
     for seed in a.seeds:
         gen = torch.Generator(device=net.device).manual_seed(seed)

@@ -59,6 +59,7 @@ def test_long_run_command_end_to_end(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     rec = json.loads(out.read_text())
     assert rec["epochs"] == 1 and rec["n_test"] == 4 and [s["seed"] for s in rec["seeds"]] == [0, 1]
+    assert rec["train_seconds"] > 0 and rec["lr_final"] > 0 and rec["lr_drops_at_epoch"] == []
     for s in rec["seeds"]:
         assert {"match_rate", "match_rate_ungated", "rmse", "n_invalid", "volume_ratio_median"} <= set(s)
         assert 0 <= s["match_rate"] <= s["match_rate_ungated"] + 1e-12 <= 1 + 1e-12
