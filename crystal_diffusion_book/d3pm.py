@@ -114,90 +114,99 @@ class D3PM:
         self.alpha = torch.cat([torch.ones(1, dtype=torch.float64), ratio])   # (T+1,) α_t = 1 - β_t
         self.betas = 1.0 - self.alpha                                         # (T+1,) β_t, β_0 = 0
 
-    def Q(
-        self,
-        t,                       # int in 1..T, or a long tensor of such times
-    ):                           # (S, S) or (*t.shape, S, S) float64; row i is q(x_t | x_{t-1} = i)
-        "The one-step transition matrix Q_t."
-        return self._mix(self.alpha[self._t(t, 1)])
+# %% ../nbs/15_d3pm.ipynb #0b8a0522
+@patch
+def Q(
+    self: D3PM,
+    t,                       # int in 1..T, or a long tensor of such times
+):                           # (S, S) or (*t.shape, S, S) float64; row i is q(x_t | x_{t-1} = i)
+    "The one-step transition matrix Q_t."
+    return self._mix(self.alpha[self._t(t, 1)])
 
-    def Qbar(
-        self,
-        t,                       # int in 0..T, or a long tensor of such times (Q̄_0 = I)
-    ):                           # (S, S) or (*t.shape, S, S) float64; row i is q(x_t | x_0 = i)
-        "The cumulative transition matrix Q̄_t = Q_1 Q_2 ... Q_t."
-        return self._mix(self.alpha_bar[self._t(t, 0)])
+@patch
+def Qbar(
+    self: D3PM,
+    t,                       # int in 0..T, or a long tensor of such times (Q̄_0 = I)
+):                           # (S, S) or (*t.shape, S, S) float64; row i is q(x_t | x_0 = i)
+    "The cumulative transition matrix Q̄_t = Q_1 Q_2 ... Q_t."
+    return self._mix(self.alpha_bar[self._t(t, 0)])
 
-    def q_probs(
-        self,
-        x0,                      # (...,) long, clean classes in 0..K-1
-        t,                       # int in 0..T or a long tensor broadcastable to x0.shape
-    ):                           # (..., S) float64, the probabilities q(x_t | x_0) (row x_0 of Q̄_t)
-        "Marginal of the forward process."
-        x0 = self._x(x0, "x0", allow_mask=False)
-        keep = torch.broadcast_to(self.alpha_bar[self._t(t, 0)], x0.shape)[..., None]
-        return keep * F.one_hot(x0, self.num_states).double() + (1 - keep) * self.stationary
+@patch
+def q_probs(
+    self: D3PM,
+    x0,                      # (...,) long, clean classes in 0..K-1
+    t,                       # int in 0..T or a long tensor broadcastable to x0.shape
+):                           # (..., S) float64, the probabilities q(x_t | x_0) (row x_0 of Q̄_t)
+    "Marginal of the forward process."
+    x0 = self._x(x0, "x0", allow_mask=False)
+    keep = torch.broadcast_to(self.alpha_bar[self._t(t, 0)], x0.shape)[..., None]
+    return keep * F.one_hot(x0, self.num_states).double() + (1 - keep) * self.stationary
 
-    def q_sample(
-        self,
-        x0,                      # (...,) long, clean classes in 0..K-1
-        t,                       # int in 0..T or a long tensor broadcastable to x0.shape
-        generator=None,          # torch.Generator for reproducibility
-    ):                           # (...,) long, a draw of x_t
-        "Draw x_t ~ q(x_t | x_0)."
-        return _categorical(self.q_probs(x0, t), generator)
+@patch
+def q_sample(
+    self: D3PM,
+    x0,                      # (...,) long, clean classes in 0..K-1
+    t,                       # int in 0..T or a long tensor broadcastable to x0.shape
+    generator=None,          # torch.Generator for reproducibility
+):                           # (...,) long, a draw of x_t
+    "Draw x_t ~ q(x_t | x_0)."
+    return _categorical(self.q_probs(x0, t), generator)
 
-    def q_posterior(
-        self,
-        x0_probs,                # (..., K) or (..., S) probabilities of x_0 (one-hot for the true posterior)
-        x_t,                     # (...,) long, current states in 0..S-1
-        t,                       # int in 1..T or a long tensor broadcastable to x_t.shape
-        form="mixture",          # "mixture": Σ q(x_{t-1}|x_t,x0) p(x0); "plugin": D3PM eq. 4 / TGDMat
-        eps=0.0,                 # plugin only: TGDMat's 1e-6 added inside both logarithms
-    ):                           # (..., S) probabilities of x_{t-1}, in x0_probs' float dtype
-        "Posterior q(x_{t-1} | x_t, x_0), and the model posterior when x0_probs is a prediction."
-        x_t = self._x(x_t, "x_t", allow_mask=True)
-        t = torch.broadcast_to(self._t(t, 1), x_t.shape)
-        if form not in ("mixture", "plugin"):
-            raise ValueError(f"form must be 'mixture' or 'plugin', got {form!r}")
-        S = self.num_states
-        if not isinstance(x0_probs, torch.Tensor) or not x0_probs.is_floating_point():
-            raise ValueError("x0_probs must be a floating tensor of probabilities")
-        p0 = x0_probs
-        if p0.shape[-1] == self.num_classes and S == self.num_classes + 1:
-            p0 = F.pad(p0, (0, 1))                                   # no probability on the mask token
-        if p0.shape[-1] != S or p0.shape[:-1] != x_t.shape:
-            raise ValueError(f"x0_probs must have shape {tuple(x_t.shape)} + ({self.num_classes},), got {tuple(p0.shape)}")
-        dt = p0.dtype
-        tiny = torch.finfo(dt).tiny
-        pi = self.stationary.to(dt)
-        a = self.alpha.to(dt)[t][..., None]
-        ab_t = self.alpha_bar.to(dt)[t][..., None]
-        ab_s = self.alpha_bar.to(dt)[t - 1][..., None]
-        onehot_t = F.one_hot(x_t, S).to(dt)                          # (..., S)
-        pi_t = pi[x_t][..., None]                                     # π at x_t
-        col_Q = a * onehot_t + (1 - a) * pi_t                         # Q_t[j, x_t] for every j
-        if form == "mixture":
-            col_Qbar = ab_t * onehot_t + (1 - ab_t) * pi_t            # Q̄_t[i, x_t] = q(x_t | x_0 = i)
-            w = torch.where(col_Qbar > 0, p0 / col_Qbar.clamp_min(tiny), torch.zeros_like(p0))
-        else:
-            w = p0
-        wQ = ab_s * w + (1 - ab_s) * w.sum(-1, keepdim=True) * pi     # w Q̄_{t-1}
-        if form == "plugin" and eps > 0:
-            return torch.softmax(torch.log(col_Q + eps) + torch.log(wQ + eps), -1)
-        out = col_Q * wQ
-        z = out.sum(-1, keepdim=True)
-        return torch.where(z > 0, out / z.clamp_min(tiny), onehot_t)
+# %% ../nbs/15_d3pm.ipynb #5a554d26
+@patch
+def q_posterior(
+    self: D3PM,
+    x0_probs,                # (..., K) or (..., S) probabilities of x_0 (one-hot for the true posterior)
+    x_t,                     # (...,) long, current states in 0..S-1
+    t,                       # int in 1..T or a long tensor broadcastable to x_t.shape
+    form="mixture",          # "mixture": Σ q(x_{t-1}|x_t,x0) p(x0); "plugin": D3PM eq. 4 / TGDMat
+    eps=0.0,                 # plugin only: TGDMat's 1e-6 added inside both logarithms
+):                           # (..., S) probabilities of x_{t-1}, in x0_probs' float dtype
+    "Posterior q(x_{t-1} | x_t, x_0), and the model posterior when x0_probs is a prediction."
+    x_t = self._x(x_t, "x_t", allow_mask=True)
+    t = torch.broadcast_to(self._t(t, 1), x_t.shape)
+    if form not in ("mixture", "plugin"):
+        raise ValueError(f"form must be 'mixture' or 'plugin', got {form!r}")
+    S = self.num_states
+    if not isinstance(x0_probs, torch.Tensor) or not x0_probs.is_floating_point():
+        raise ValueError("x0_probs must be a floating tensor of probabilities")
+    p0 = x0_probs
+    if p0.shape[-1] == self.num_classes and S == self.num_classes + 1:
+        p0 = F.pad(p0, (0, 1))                                   # no probability on the mask token
+    if p0.shape[-1] != S or p0.shape[:-1] != x_t.shape:
+        raise ValueError(f"x0_probs must have shape {tuple(x_t.shape)} + ({self.num_classes},), got {tuple(p0.shape)}")
+    dt = p0.dtype
+    tiny = torch.finfo(dt).tiny
+    pi = self.stationary.to(dt)
+    a = self.alpha.to(dt)[t][..., None]
+    ab_t = self.alpha_bar.to(dt)[t][..., None]
+    ab_s = self.alpha_bar.to(dt)[t - 1][..., None]
+    onehot_t = F.one_hot(x_t, S).to(dt)                          # (..., S)
+    pi_t = pi[x_t][..., None]                                     # π at x_t
+    col_Q = a * onehot_t + (1 - a) * pi_t                         # Q_t[j, x_t] for every j
+    if form == "mixture":
+        col_Qbar = ab_t * onehot_t + (1 - ab_t) * pi_t            # Q̄_t[i, x_t] = q(x_t | x_0 = i)
+        w = torch.where(col_Qbar > 0, p0 / col_Qbar.clamp_min(tiny), torch.zeros_like(p0))
+    else:
+        w = p0
+    wQ = ab_s * w + (1 - ab_s) * w.sum(-1, keepdim=True) * pi     # w Q̄_{t-1}
+    if form == "plugin" and eps > 0:
+        return torch.softmax(torch.log(col_Q + eps) + torch.log(wQ + eps), -1)
+    out = col_Q * wQ
+    z = out.sum(-1, keepdim=True)
+    return torch.where(z > 0, out / z.clamp_min(tiny), onehot_t)
 
-    def prior_sample(
-        self,
-        shape,                   # shape of the token tensor, e.g. (n_atoms,)
-        generator=None,          # torch.Generator for reproducibility
-    ):                           # long tensor of that shape drawn from the stationary distribution π
-        "Draw x_T from the kernel's own stationary distribution (all mask, or uniform over the K classes)."
-        if self.kind == "absorbing":
-            return torch.full(tuple(shape), self.mask_token, dtype=torch.long)
-        return torch.randint(0, self.num_classes, tuple(shape), generator=generator)
+# %% ../nbs/15_d3pm.ipynb #ccce6f39
+@patch
+def prior_sample(
+    self: D3PM,
+    shape,                   # shape of the token tensor, e.g. (n_atoms,)
+    generator=None,          # torch.Generator for reproducibility
+):                           # long tensor of that shape drawn from the stationary distribution π
+    "Draw x_T from the kernel's own stationary distribution (all mask, or uniform over the K classes)."
+    if self.kind == "absorbing":
+        return torch.full(tuple(shape), self.mask_token, dtype=torch.long)
+    return torch.randint(0, self.num_classes, tuple(shape), generator=generator)
 
 # %% ../nbs/15_d3pm.ipynb #7fc7f814
 @patch
@@ -372,85 +381,95 @@ class MaskingDiffusion:
         a = 1 - torch.cos(math.pi / 2 * (1 - t)) if self.schedule == "cosine" else 1 - t
         return (1 - 2 * self.eps) * a + self.eps
 
-    def dalpha(
-        self,
-        t,                       # time in [0, 1], float or tensor
-    ):                           # dα/dt (negative)
-        "Time derivative of the keep probability."
-        t = self._time(t)
-        da = -math.pi / 2 * torch.sin(math.pi / 2 * (1 - t)) if self.schedule == "cosine" else -torch.ones_like(t)
-        return (1 - 2 * self.eps) * da
+# %% ../nbs/15_d3pm.ipynb #03b0c7fa
+@patch
+def dalpha(
+    self: MaskingDiffusion,
+    t,                       # time in [0, 1], float or tensor
+):                           # dα/dt (negative)
+    "Time derivative of the keep probability."
+    t = self._time(t)
+    da = -math.pi / 2 * torch.sin(math.pi / 2 * (1 - t)) if self.schedule == "cosine" else -torch.ones_like(t)
+    return (1 - 2 * self.eps) * da
 
-    def weight(
-        self,
-        t,                       # time in [0, 1], float or tensor
-    ):                           # the ELBO weight -α'(t) / (1 - α(t)) (positive)
-        "Weight of the masked cross-entropy in the continuous-time ELBO."
-        return -self.dalpha(t) / (1 - self.alpha(t))
+@patch
+def weight(
+    self: MaskingDiffusion,
+    t,                       # time in [0, 1], float or tensor
+):                           # the ELBO weight -α'(t) / (1 - α(t)) (positive)
+    "Weight of the masked cross-entropy in the continuous-time ELBO."
+    return -self.dalpha(t) / (1 - self.alpha(t))
 
-    def q_sample(
-        self,
-        x0,                      # (...,) long, clean classes in 0..K-1
-        t,                       # time(s) in [0, 1], broadcastable to x0.shape
-        generator=None,          # torch.Generator for reproducibility
-    ):                           # (...,) long: x0 where kept, mask_token elsewhere
-        "Forward process: keep each token with probability α(t), otherwise mask it."
-        if not isinstance(x0, torch.Tensor) or x0.is_floating_point():
-            raise ValueError("x0 must be an integer tensor")
-        a = torch.broadcast_to(self.alpha(t), x0.shape)
-        keep = torch.rand(x0.shape, generator=generator, dtype=a.dtype) < a
-        return torch.where(keep, x0, torch.full_like(x0, self.mask_token))
+@patch
+def q_sample(
+    self: MaskingDiffusion,
+    x0,                      # (...,) long, clean classes in 0..K-1
+    t,                       # time(s) in [0, 1], broadcastable to x0.shape
+    generator=None,          # torch.Generator for reproducibility
+):                           # (...,) long: x0 where kept, mask_token elsewhere
+    "Forward process: keep each token with probability α(t), otherwise mask it."
+    if not isinstance(x0, torch.Tensor) or x0.is_floating_point():
+        raise ValueError("x0 must be an integer tensor")
+    a = torch.broadcast_to(self.alpha(t), x0.shape)
+    keep = torch.rand(x0.shape, generator=generator, dtype=a.dtype) < a
+    return torch.where(keep, x0, torch.full_like(x0, self.mask_token))
 
-    def loss(
-        self,
-        logits,                  # (..., K) network logits of p̂(x_0 | x_t)
-        x0,                      # (...,) long, clean classes
-        x_t,                     # (...,) long, noisy tokens
-        t,                       # time(s) in [0, 1], broadcastable to x0.shape
-        simple=False,            # True: unweighted masked cross-entropy (KLDM's simple_loss)
-    ):                           # scalar: mean over tokens of w(t) · 1[masked] · CE
-        "KLDM's masking loss: the continuous-time ELBO (or its unweighted version), averaged over tokens."
-        ce = -torch.log_softmax(logits, -1).gather(-1, x0[..., None])[..., 0]
-        masked = (x_t == self.mask_token).to(ce.dtype)
-        w = torch.ones_like(ce) if simple else torch.broadcast_to(self.weight(t).to(ce.dtype), ce.shape)
-        return (w * masked * ce).mean()
+# %% ../nbs/15_d3pm.ipynb #1e741dcd
+@patch
+def loss(
+    self: MaskingDiffusion,
+    logits,                  # (..., K) network logits of p̂(x_0 | x_t)
+    x0,                      # (...,) long, clean classes
+    x_t,                     # (...,) long, noisy tokens
+    t,                       # time(s) in [0, 1], broadcastable to x0.shape
+    simple=False,            # True: unweighted masked cross-entropy (KLDM's simple_loss)
+):                           # scalar: mean over tokens of w(t) · 1[masked] · CE
+    "KLDM's masking loss: the continuous-time ELBO (or its unweighted version), averaged over tokens."
+    ce = -torch.log_softmax(logits, -1).gather(-1, x0[..., None])[..., 0]
+    masked = (x_t == self.mask_token).to(ce.dtype)
+    w = torch.ones_like(ce) if simple else torch.broadcast_to(self.weight(t).to(ce.dtype), ce.shape)
+    return (w * masked * ce).mean()
 
-    def reverse_step(
-        self,
-        x_t,                     # (...,) long, tokens at time t
-        x0_probs,                # (..., K) probabilities p̂(x_0 | x_t)
-        t,                       # current time (float)
-        s,                       # next time, s < t
-        generator=None,          # torch.Generator for reproducibility
-    ):                           # (...,) long tokens at time s
-        "Unmask each masked token with probability (α_s - α_t)/(1 - α_t), drawing its class from x0_probs."
-        a_t, a_s = float(self.alpha(t)), float(self.alpha(s))
-        p_unmask = (a_s - a_t) / (1 - a_t)
-        new = _categorical(x0_probs.double(), generator)
-        go = torch.rand(x_t.shape, generator=generator, dtype=torch.float64) < p_unmask
-        return torch.where((x_t == self.mask_token) & go, new, x_t)
+@patch
+def reverse_step(
+    self: MaskingDiffusion,
+    x_t,                     # (...,) long, tokens at time t
+    x0_probs,                # (..., K) probabilities p̂(x_0 | x_t)
+    t,                       # current time (float)
+    s,                       # next time, s < t
+    generator=None,          # torch.Generator for reproducibility
+):                           # (...,) long tokens at time s
+    "Unmask each masked token with probability (α_s - α_t)/(1 - α_t), drawing its class from x0_probs."
+    a_t, a_s = float(self.alpha(t)), float(self.alpha(s))
+    p_unmask = (a_s - a_t) / (1 - a_t)
+    new = _categorical(x0_probs.double(), generator)
+    go = torch.rand(x_t.shape, generator=generator, dtype=torch.float64) < p_unmask
+    return torch.where((x_t == self.mask_token) & go, new, x_t)
 
-    def prior_sample(
-        self,
-        shape,                   # token tensor shape
-    ):                           # all mask tokens
-        "The prior: every token masked."
-        return torch.full(tuple(shape), self.mask_token, dtype=torch.long)
+@patch
+def prior_sample(
+    self: MaskingDiffusion,
+    shape,                   # token tensor shape
+):                           # all mask tokens
+    "The prior: every token masked."
+    return torch.full(tuple(shape), self.mask_token, dtype=torch.long)
 
-    def sample(
-        self,
-        denoise_fn,              # callable (x_t (n, L) long, t float) -> (n, L, K) probabilities of x_0
-        shape,                   # (n, L)
-        n_steps=1000,            # number of reverse steps
-        t_end=0.0,               # final time (KLDM: 1e-3 by default, 0 in its evaluation)
-        fill_leftover=True,      # draw tokens still masked at t_end from p̂ (KLDM leaves them as the mask id)
-        generator=None,          # torch.Generator for reproducibility
-    ):                           # (n, L) long samples
-        "Reverse process on the grid linspace(1, t_end, n_steps + 1), starting from all mask."
-        x = self.prior_sample(shape)
-        ts = torch.linspace(1.0, t_end, n_steps + 1, dtype=torch.float64)
-        for t, s in zip(ts[:-1].tolist(), ts[1:].tolist()):
-            x = self.reverse_step(x, denoise_fn(x, t), t, s, generator)
-        if fill_leftover and torch.any(x == self.mask_token):
-            x = torch.where(x == self.mask_token, _categorical(denoise_fn(x, t_end).double(), generator), x)
-        return x
+# %% ../nbs/15_d3pm.ipynb #cb37c377
+@patch
+def sample(
+    self: MaskingDiffusion,
+    denoise_fn,              # callable (x_t (n, L) long, t float) -> (n, L, K) probabilities of x_0
+    shape,                   # (n, L)
+    n_steps=1000,            # number of reverse steps
+    t_end=0.0,               # final time (KLDM: 1e-3 by default, 0 in its evaluation)
+    fill_leftover=True,      # draw tokens still masked at t_end from p̂ (KLDM leaves them as the mask id)
+    generator=None,          # torch.Generator for reproducibility
+):                           # (n, L) long samples
+    "Reverse process on the grid linspace(1, t_end, n_steps + 1), starting from all mask."
+    x = self.prior_sample(shape)
+    ts = torch.linspace(1.0, t_end, n_steps + 1, dtype=torch.float64)
+    for t, s in zip(ts[:-1].tolist(), ts[1:].tolist()):
+        x = self.reverse_step(x, denoise_fn(x, t), t, s, generator)
+    if fill_leftover and torch.any(x == self.mask_token):
+        x = torch.where(x == self.mask_token, _categorical(denoise_fn(x, t_end).double(), generator), x)
+    return x
