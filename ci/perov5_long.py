@@ -13,36 +13,26 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from crystal_diffusion_book.data import collate
 from crystal_diffusion_book.nfe import score_predictions
-from crystal_diffusion_book.reproduce import (CPU_LONG_SAMPLER, build_model, environment, get_preset, load_csp_data,
-                                              train_config)
+from crystal_diffusion_book.reproduce import (CPU_LONG_SAMPLER, _fmt, build_model, environment, get_preset,
+                                              load_csp_data, sample_csp, train_config)
 from crystal_diffusion_book.train import train, validation_loss
-
-
-def fmt(x, nd):
-    "A number, or a dash where there is none (no match: no RMSE)."
-    return "—" if x is None else f"{x:.{nd}f}"
 
 
 def log(*a):
     print(time.strftime("%H:%M:%S"), *a, flush=True)
 
 
-def epoch_curve(epochs_csv: Path, marks=(25, 50, 100, 150, 200, 300, 400, 500)) -> dict:
-    "Validation loss at a few epochs (to say whether the run had converged)."
+def training_log(epochs_csv: Path, marks=(25, 50, 100, 150, 200, 300, 400, 500)) -> dict:
+    """From the trainer's epoch log: the validation loss at a few epochs (to say whether the run had converged), the
+    wall seconds of the whole training (all resumed calls: the log's last cumulative time), the final learning rate
+    and the epochs where it dropped."""
     ep = pd.read_csv(epochs_csv)                 # epoch is 0-based: the m-th epoch is row epoch == m - 1
-    out = {}
+    curve = {}
     for m in (*marks, int(ep["epoch"].max()) + 1):
         row = ep[ep["epoch"] == m - 1]
-        if len(row): out[str(m)] = float(row["val_loss"].iloc[0])
-    return out
-
-
-def train_timing(epochs_csv: Path) -> dict:
-    "Wall seconds of the whole training (all resumed calls: the log's last cumulative time) and the final learning rate."
-    ep = pd.read_csv(epochs_csv)
-    return {"train_seconds": float(ep["seconds"].iloc[-1]), "lr_final": float(ep["lr"].iloc[-1]),
+        if len(row): curve[str(m)] = float(row["val_loss"].iloc[0])
+    return {"val_loss_at_epoch": curve, "train_seconds": float(ep["seconds"].iloc[-1]), "lr_final": float(ep["lr"].iloc[-1]),
             "lr_drops_at_epoch": [int(e) + 1 for e, a, b in zip(ep["epoch"][1:], ep["lr"][:-1], ep["lr"][1:]) if b < a]}
 
 
@@ -58,7 +48,9 @@ def main(argv=None):
     a = p.parse_args(argv)
     if a.epochs < 1: p.error(f"--epochs must be positive, got {a.epochs}")
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    run = get_preset("cpu-long", epochs=a.epochs, n_test=a.n_test)
+    kw = dict(CPU_LONG_SAMPLER[a.model])
+    n_steps = kw.pop("n_steps")
+    run = get_preset("cpu-long", epochs=a.epochs, n_test=a.n_test, sample_steps=n_steps)
     torch.set_num_threads(run.threads or 1)
     t0 = time.perf_counter()
     train_data, val_data, test_data, test_idx = load_csp_data(a.dataset, run, seed=0)
@@ -72,29 +64,22 @@ def main(argv=None):
     net.eval()
     val = validation_loss(net, val_data, batch_size=256, seed=0)["loss"]
     log(f"trained to epoch {res['epoch']} (this call {train_seconds:.0f} s); validation loss {val:.4f}")
-    kw = dict(CPU_LONG_SAMPLER[a.model])
-    n_steps = kw.pop("n_steps")
     record = {"dataset": a.dataset, "model": a.model, "preset": run.name, "epochs": int(res["epoch"]),
               "steps": int(res["step"]), "n_params": sum(q.numel() for q in net.parameters()),
               "n_train": len(train_data), "n_val": len(val_data), "n_test": len(test_data),
               "sampler": {"n_steps": n_steps, **kw}, "val_loss": val,
-              "val_loss_at_epoch": epoch_curve(a.run_dir / "train" / "epochs.csv"),
-              **train_timing(a.run_dir / "train" / "epochs.csv"),
+              **training_log(a.run_dir / "train" / "epochs.csv"),
               "train_seed": 0, "environment": environment(), "seeds": []}
     for seed in a.seeds:
-        gen = torch.Generator(device=net.device).manual_seed(seed)
-        t0, preds = time.perf_counter(), []
-        for i in range(0, len(test_data), run.sample_batch_size):
-            batch = collate(test_data[i:i + run.sample_batch_size], self_loops=net.config.network.self_loops)
-            preds += net.sample(batch, n_steps=n_steps, generator=gen, **kw)
-            log(f"seed {seed}: sampled {min(i + run.sample_batch_size, len(test_data))}/{len(test_data)}")
+        t0 = time.perf_counter()
+        preds = sample_csp(net, test_data, run, seed=seed, progress=lambda k, n: log(f"seed {seed}: sampled {k}/{n}"), **kw)
         sec = time.perf_counter() - t0
         row = {"seed": seed, **score_predictions(preds, test_data, sec)}
         record["seeds"].append(row)
         a.out.write_text(json.dumps(record, indent=1, default=str))
         log(f"seed {seed}: MR {100 * row['match_rate']:.2f} ± {100 * row['match_rate_se']:.2f}, ungated "
-            f"{100 * row['match_rate_ungated']:.2f}, RMSE {fmt(row['rmse'], 4)}, invalid {row['n_invalid']}, "
-            f"V/V0 {fmt(row['volume_ratio_median'], 3)} ({sec:.0f} s)")
+            f"{100 * row['match_rate_ungated']:.2f}, RMSE {_fmt(row['rmse'], 4)}, invalid {row['n_invalid']}, "
+            f"V/V0 {_fmt(row['volume_ratio_median'], 3)} ({sec:.0f} s)")
     mrs = [r["match_rate"] for r in record["seeds"]]
     log(f"mean MR {100 * sum(mrs) / len(mrs):.2f} over {len(mrs)} seeds")
 

@@ -126,7 +126,7 @@ def build_model(
         p_uncond = default_p_uncond(model) if p_uncond is None else float(p_uncond)
     options = {}
     if model_entry(model).reads_text: options.update(text_dim=text_dim, p_uncond=p_uncond)
-    if model in ("kldm", "kldm-text"):        # the KLDM switches of the ablations (chapter 33)
+    if "simplified" in model_entry(model).resolve().config_class.__dataclass_fields__:   # KLDM's ablation switches (chapter 33)
         if parameterization not in ("simplified", "direct"):
             raise ValueError(f"parameterization must be 'simplified' or 'direct', got {parameterization!r}")
         options.update(v0_init_scale=float(v0_scale), simplified=parameterization == "simplified",
@@ -408,15 +408,18 @@ def sample_csp(
     run: RunPreset,          # sample_steps and sample_batch_size
     seed: int = 0,           # seed of the sampler's generator
     guidance_scale: float | None = None,  # text models: w (None: the model's default)
+    progress=None,           # called with (crystals sampled, total) after each batch
+    **sampler,               # sampler options of the model (e.g. method="pc", grid="skip_end")
 ) -> list:                   # one Structure (or None) per test crystal
     "Sample one structure per test crystal in batches, with a seeded generator on the model's device."
     from crystal_diffusion_book.data import collate
-    kw = {} if guidance_scale is None else {"guidance_scale": float(guidance_scale)}
+    kw = dict(sampler) if guidance_scale is None else {**sampler, "guidance_scale": float(guidance_scale)}
     gen = torch.Generator(device=net.device).manual_seed(seed)    # on the model's device, as the trainer's sampling
     preds = []
     for i in range(0, len(test_data), run.sample_batch_size):
         batch = collate(test_data[i:i + run.sample_batch_size], self_loops=net.config.network.self_loops)
         preds += net.sample(batch, n_steps=run.sample_steps, generator=gen, **kw)
+        if progress is not None: progress(len(preds), len(test_data))
     return preds
 
 # %% ../nbs/70_reproduce_csp.ipynb #b50f387c
