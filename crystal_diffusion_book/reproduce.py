@@ -121,11 +121,10 @@ def build_model(
 ):                                   # a `CrystalModel` in float32
     "Build the CSP model of a reproduction run at the preset's network size."
     if model not in MODELS: raise ValueError(f"model must be one of {MODELS}, got {model!r}")
+    options = {}
     if model in TEXT_MODELS:
         if not isinstance(text_dim, int) or text_dim < 0: raise ValueError(f"text_dim must be an integer >= 0, got {text_dim!r}")
-        p_uncond = default_p_uncond(model) if p_uncond is None else float(p_uncond)
-    options = {}
-    if model_entry(model).reads_text: options.update(text_dim=text_dim, p_uncond=p_uncond)
+        options.update(text_dim=text_dim, p_uncond=default_p_uncond(model) if p_uncond is None else float(p_uncond))
     if "simplified" in model_entry(model).resolve().config_class.__dataclass_fields__:   # KLDM's ablation switches (chapter 33)
         if parameterization not in ("simplified", "direct"):
             raise ValueError(f"parameterization must be 'simplified' or 'direct', got {parameterization!r}")
