@@ -1,6 +1,10 @@
-"""Join the per-model JSON of `ci/perov5_long.py` into one committed record (chapter 72 reads it).
+"""Join the per-model JSON of `ci/long_run.py` into one committed record (chapters 72 and 73 read them).
 
-    python ci/collect_long.py runs/perov5-long/*/long.json --out ci/results/perov_5-cpu-long.json"""
+    python ci/collect_long.py runs/perov5-long/*/long.json --out ci/results/perov_5-cpu-long.json
+    python ci/collect_long.py runs/mp20-large/*/long.json --out ci/results/mp_20-cpu-large.json
+
+The models of one record must share the dataset, the test crystals and the training source: a run trained on the
+val substitute never shares a record with one trained on the train split."""
 import argparse, json, math, statistics, sys
 from pathlib import Path
 
@@ -18,7 +22,7 @@ def seed_summary(seeds: list) -> dict:
 
 def collect_long(paths: list) -> dict:
     "One record from the per-model files: same dataset and test split, at least one seed each."
-    runs, dataset, n_test = {}, None, None
+    runs, dataset, n_test, source = {}, None, None, None
     for p in paths:
         p = Path(p)
         if not p.is_file(): raise ValueError(f"{p}: no such file")
@@ -29,10 +33,13 @@ def collect_long(paths: list) -> dict:
         if not r["seeds"]: raise ValueError(f"{p}: no sampling seed finished")
         if dataset is not None and (r["dataset"], r["n_test"]) != (dataset, n_test):
             raise ValueError(f"{p}: {r['dataset']}/{r['n_test']} test crystals, the others {dataset}/{n_test}")
+        src = r.get("train_source", "train")
+        if source is not None and src != source:
+            raise ValueError(f"{p}: trained on the {src} split, the others on the {source} split; a record never mixes them")
         if r["model"] in runs: raise ValueError(f"{p}: model {r['model']!r} given twice")
-        dataset, n_test = r["dataset"], r["n_test"]
+        dataset, n_test, source = r["dataset"], r["n_test"], src
         runs[r["model"]] = {**r, "summary": seed_summary(r["seeds"])}
-    return {"dataset": dataset, "n_test": n_test, "runs": runs}
+    return {"dataset": dataset, "n_test": n_test, "train_source": source, "runs": runs}
 
 
 def main(argv=None):
@@ -48,7 +55,8 @@ def main(argv=None):
     for m, r in rec["runs"].items():
         s = r["summary"]["match_rate"]
         print(f"{m}: MR {100 * s['mean']:.2f} ± {100 * s['std']:.2f} over {s['n_seeds']} seeds")
-    print(f"wrote {a.out}: {', '.join(rec['runs'])} on {rec['n_test']} {rec['dataset']} test crystals")
+    print(f"wrote {a.out}: {', '.join(rec['runs'])} on {rec['n_test']} {rec['dataset']} test crystals"
+          + (" (TRAINED ON VAL)" if rec["train_source"] == "val" else ""))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The `cpu-long` record's tools (ci/perov5_long.py, ci/collect_long.py): the joined record, its seed summary, and
+"""The `cpu-long` record's tools (ci/long_run.py, ci/collect_long.py): the joined record, its seed summary, and
 the errors a bad input gets. The long runs themselves are commands (chapter 72), not tests."""
 import json
 import statistics
@@ -13,10 +13,11 @@ sys.path.insert(0, str(ROOT / "ci"))
 import collect_long  # noqa: E402
 
 
-def _record(model, mrs, n_test=10, dataset="perov_5"):
+def _record(model, mrs, n_test=10, dataset="perov_5", train_source="train"):
     seeds = [{"seed": i, "match_rate": mr, "match_rate_ungated": mr + 0.01, "rmse": 0.1 + i / 100, "n_invalid": i,
               "volume_ratio_median": 1.0} for i, mr in enumerate(mrs)]
-    return {"dataset": dataset, "model": model, "n_test": n_test, "seeds": seeds, "environment": {"platform": "x"}}
+    return {"dataset": dataset, "model": model, "n_test": n_test, "train_source": train_source, "seeds": seeds,
+            "environment": {"platform": "x"}}
 
 
 def test_collect_long_summarises_seeds(tmp_path):
@@ -35,7 +36,8 @@ def test_collect_long_summarises_seeds(tmp_path):
 
 @pytest.mark.parametrize("case, message", [
     ("missing", "no such file"), ("not_json", "not JSON"), ("no_field", "missing field 'seeds'"),
-    ("no_seed", "no sampling seed finished"), ("other_split", "test crystals, the others"), ("twice", "given twice")])
+    ("no_seed", "no sampling seed finished"), ("other_split", "test crystals, the others"), ("twice", "given twice"),
+    ("other_source", "never mixes them")])
 def test_collect_long_errors_name_the_file(tmp_path, case, message):
     good = tmp_path / "good.json"; good.write_text(json.dumps(_record("kldm", [0.5])))
     bad = tmp_path / "bad.json"
@@ -44,6 +46,7 @@ def test_collect_long_errors_name_the_file(tmp_path, case, message):
     elif case == "no_seed": bad.write_text(json.dumps(_record("diffcsp", [])))
     elif case == "other_split": bad.write_text(json.dumps(_record("diffcsp", [0.5], n_test=20)))
     elif case == "twice": bad.write_text(json.dumps(_record("kldm", [0.5])))
+    elif case == "other_source": bad.write_text(json.dumps(_record("diffcsp", [0.5], train_source="val")))
     r = subprocess.run([sys.executable, str(ROOT / "ci/collect_long.py"), str(good), str(bad), "--out",
                         str(tmp_path / "o.json")], capture_output=True, text=True)
     assert r.returncode != 0 and message in r.stderr and str(bad) in r.stderr, r.stderr
@@ -53,7 +56,7 @@ def test_collect_long_errors_name_the_file(tmp_path, case, message):
 def test_long_run_command_end_to_end(tmp_path):
     "One epoch, four test crystals, two sampling seeds: the record has every column the chapter reads."
     out = tmp_path / "long.json"
-    r = subprocess.run([sys.executable, str(ROOT / "ci/perov5_long.py"), "--model", "kldm", "--epochs", "1",
+    r = subprocess.run([sys.executable, str(ROOT / "ci/long_run.py"), "--model", "kldm", "--epochs", "1",
                         "--run-dir", str(tmp_path / "run"), "--seeds", "0", "1", "--n-test", "4", "--out", str(out)],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -64,6 +67,18 @@ def test_long_run_command_end_to_end(tmp_path):
         assert {"match_rate", "match_rate_ungated", "rmse", "n_invalid", "volume_ratio_median"} <= set(s)
         assert 0 <= s["match_rate"] <= s["match_rate_ungated"] + 1e-12 <= 1 + 1e-12
     assert "mean MR" in r.stdout and "seed 1:" in r.stdout                     # progress, one line per stage
-    r = subprocess.run([sys.executable, str(ROOT / "ci/perov5_long.py"), "--model", "kldm", "--epochs", "0",
+    r = subprocess.run([sys.executable, str(ROOT / "ci/long_run.py"), "--model", "kldm", "--epochs", "0",
                         "--run-dir", str(tmp_path / "run"), "--out", str(out)], capture_output=True, text=True)
     assert r.returncode == 2 and "--epochs must be positive" in r.stderr
+
+
+def test_long_run_trains_on_the_val_substitute(tmp_path):
+    "Carbon-24 has no train split here: `auto` trains on the val substitute, and the record and the log say so."
+    out = tmp_path / "long.json"
+    r = subprocess.run([sys.executable, str(ROOT / "ci/long_run.py"), "--preset", "smoke", "--dataset", "carbon_24",
+                        "--model", "diffcsp", "--epochs", "1", "--train-source", "auto", "--run-dir", str(tmp_path / "run"),
+                        "--seeds", "0", "--n-test", "3", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rec = json.loads(out.read_text())
+    assert rec["train_source"] == "val" and "TRAINED ON VAL" in r.stdout
+    assert rec["n_train"] == 256 and rec["n_val"] == 64 and rec["n_test"] == 3   # smoke's sizes, from carbon_24/val

@@ -1,11 +1,15 @@
-"""The `cpu-long` Perov-5 run of one model: train the cpu network to `--epochs` (resuming the run folder if it holds
-a checkpoint), then sample the FULL test split once per sampling seed with the preset's sampler and score every
+"""One long CPU run of one model: train the preset's network to `--epochs` (resuming the run folder if it holds a
+checkpoint), then sample the preset's test crystals once per sampling seed with `CPU_LONG_SAMPLER` and score every
 sample with all the columns a match rate hides (ungated twin, invalid count, predicted/true volume).
 
-    OMP_NUM_THREADS=1 python ci/perov5_long.py --model diffcsp --epochs 500 --run-dir runs/perov5-long/diffcsp \
+    # chapter 72: Perov-5, the whole test split
+    OMP_NUM_THREADS=1 python ci/long_run.py --model diffcsp --epochs 500 --run-dir runs/perov5-long/diffcsp \
         --seeds 0 1 2 --out runs/perov5-long/diffcsp/long.json
+    # chapter 73: MP-20 at the cpu-large preset (trained on the val substitute where the train split is absent)
+    OMP_NUM_THREADS=1 python ci/long_run.py --preset cpu-large --dataset mp_20 --model kldm \
+        --run-dir runs/mp20-large/kldm --out runs/mp20-large/kldm/long.json
 
-`ci/collect_long.py` joins the two models' JSON into the committed record `ci/results/perov_5-cpu-long.json`.
+`ci/collect_long.py` joins the models' JSON into one committed record (`ci/results/<dataset>-<preset>.json`).
 One network per model (training seed 0); the seeds are sampling seeds. Progress goes to stdout, one line per stage."""
 import argparse, json, math, time
 from pathlib import Path
@@ -14,8 +18,8 @@ import pandas as pd
 import torch
 
 from crystal_diffusion_book.nfe import score_predictions
-from crystal_diffusion_book.reproduce import (CPU_LONG_SAMPLER, _fmt, build_model, environment, get_preset,
-                                              load_csp_data, sample_csp, train_config)
+from crystal_diffusion_book.reproduce import (CPU_LONG_SAMPLER, TRAIN_SOURCES, _fmt, build_model, environment, get_preset,
+                                              load_csp_data, resolve_train_source, sample_csp, train_config)
 from crystal_diffusion_book.train import train, validation_loss
 
 
@@ -40,21 +44,26 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", choices=sorted(CPU_LONG_SAMPLER), required=True)
     p.add_argument("--dataset", default="perov_5")
-    p.add_argument("--epochs", type=int, default=get_preset("cpu-long").epochs)
+    p.add_argument("--preset", default="cpu-long", choices=["cpu-long", "cpu-large", "smoke"], help="the run's scale")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the preset's)")
+    p.add_argument("--train-source", choices=TRAIN_SOURCES, default=None,
+                   help="train split, val substitute, or auto (default: the preset's)")
     p.add_argument("--run-dir", type=Path, required=True, help="the run folder (train/ inside is resumed)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="sampling seeds")
-    p.add_argument("--n-test", type=int, default=None, help="test crystals (default: the whole split)")
+    p.add_argument("--n-test", type=int, default=None, help="test crystals (default: the preset's)")
     p.add_argument("--out", type=Path, required=True, help="JSON written after every seed")
     a = p.parse_args(argv)
-    if a.epochs < 1: p.error(f"--epochs must be positive, got {a.epochs}")
+    if a.epochs is not None and a.epochs < 1: p.error(f"--epochs must be positive, got {a.epochs}")
     a.out.parent.mkdir(parents=True, exist_ok=True)
     kw = dict(CPU_LONG_SAMPLER[a.model])
     n_steps = kw.pop("n_steps")
-    run = get_preset("cpu-long", epochs=a.epochs, n_test=a.n_test, sample_steps=n_steps)
+    run = get_preset(a.preset, epochs=a.epochs, n_test=a.n_test, sample_steps=n_steps, train_source=a.train_source)
+    source = resolve_train_source(a.dataset, run.train_source)
     torch.set_num_threads(run.threads or 1)
     t0 = time.perf_counter()
     train_data, val_data, test_data, test_idx = load_csp_data(a.dataset, run, seed=0)
-    log(f"data: train {len(train_data)}, val {len(val_data)}, test {len(test_data)} ({time.perf_counter() - t0:.0f} s)")
+    log(f"data: train {len(train_data)}, val {len(val_data)}, test {len(test_data)} ({time.perf_counter() - t0:.0f} s)"
+        + ("; TRAINED ON VAL (the train split is not present): the val split minus a held-out slice" if source == "val" else ""))
     torch.manual_seed(0)
     net = build_model(a.model, run, a.dataset, train_data=train_data)
     cfg = train_config(a.model, run, seed=0)
@@ -64,9 +73,11 @@ def main(argv=None):
     net.eval()
     val = validation_loss(net, val_data, batch_size=256, seed=0)["loss"]
     log(f"trained to epoch {res['epoch']} (this call {train_seconds:.0f} s); validation loss {val:.4f}")
-    record = {"dataset": a.dataset, "model": a.model, "preset": run.name, "epochs": int(res["epoch"]),
+    record = {"dataset": a.dataset, "model": a.model, "preset": run.name, "train_source": source,
+              "epochs": int(res["epoch"]),
               "steps": int(res["step"]), "n_params": sum(q.numel() for q in net.parameters()),
-              "n_train": len(train_data), "n_val": len(val_data), "n_test": len(test_data),
+              "n_train": len(train_data), "n_val": len(val_data), "n_test": len(test_data), "test_rows": test_idx,
+              "atoms_per_cell_mean": sum(d.num_nodes for d in train_data) / len(train_data),
               "sampler": {"n_steps": n_steps, **kw}, "val_loss": val,
               **training_log(a.run_dir / "train" / "epochs.csv"),
               "train_seed": 0, "environment": environment(), "seeds": []}
