@@ -294,18 +294,24 @@ def results_table(
         ours.append({"label": run_label(r), "model": r.get("model"), "preset": r.get("preset"),
                      "protocol": r.get("protocol"), "k": k, "n_test": n,
                      "epochs": r.get("epochs"), "match_rate_pct": None if mr is None else 100 * mr, "match_rate_se_pct": None if se is None else 100 * se,
-                     "rmse": r.get("rmse"), "train_seconds": r.get("train_seconds"),
+                     "rmse": r.get("rmse"), "match_rate_ungated_pct": None if r.get("match_rate_ungated") is None
+                     else 100 * r["match_rate_ungated"], "n_invalid": r.get("n_invalid"),
+                     "volume_ratio": r.get("volume_ratio") or {}, "train_seconds": r.get("train_seconds"),
                      "sample_seconds": r.get("sample_seconds"), "status": r.get("status", "ok"),
                      "error": r.get("error"), "prompt_fields": r.get("prompt_fields"),
                      "text_kind": r.get("text_kind"), "text_encoder": r.get("text_encoder"),
                      "guidance_scale": r.get("guidance_scale")})
     pub = [asdict(p) for p in published(dataset, k=None)]
     lines = [f"### {dataset}: our runs", "",
-             "| run | preset | epochs | protocol | k | test crystals | match rate (%) | ± s.e. | RMSE | train (s) | sample (s) | status |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| run | preset | epochs | protocol | k | test crystals | match rate (%) | ± s.e. | RMSE | ungated (%) "
+             "| invalid | V/V0 median [IQR] | train (s) | sample (s) | status |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for o in ours:
+        v = o["volume_ratio"]
+        vr = f"{v['median']:.3g} [{v['q25']:.3g}, {v['q75']:.3g}]" if v.get("n") else "—"
         lines.append(f"| {o['label']} | {o['preset']} | {o['epochs']} | {o['protocol']} | {o['k']} | {o['n_test']} | "
                      f"{_fmt(o['match_rate_pct'], 2)} | {_fmt(o['match_rate_se_pct'], 2)} | {_fmt(o['rmse'], 4)} | "
+                     f"{_fmt(o['match_rate_ungated_pct'], 2)} | {_fmt(o['n_invalid'], 0)} | {vr} | "
                      f"{_fmt(o['train_seconds'], 0)} | {_fmt(o['sample_seconds'], 0)} | {o['status']} |")
     lines += ["", f"### {dataset}: published (full test split)", "",
               "| model | k | match rate (%) | RMSE | status | source | protocol |", "|---|---|---|---|---|---|---|"]
@@ -529,7 +535,7 @@ def write_progress(
 def run_csp(
     dataset: str = "perov_5",        # benchmark split to train and test on
     model: str = "diffcsp",          # one of MODELS
-    preset: str = "smoke",           # "smoke", "cpu" or "paper"
+    preset: str = "smoke",           # a name in PRESETS: "smoke", "cpu", "cpu-long", "cpu-large" or "paper"
     seed: int = 0,                   # seeds training, the test subset and sampling
     out_dir=None,                    # the run's folder (None: a fresh temporary folder)
     n_test: int | None = None,       # test crystals to sample (None: the preset's)
@@ -543,6 +549,7 @@ def run_csp(
     text_kind: str = "short",        # text models: "short" or "long" prompts
     guidance_scale: float = 1.0,     # text models: classifier-free guidance scale w
     p_uncond: float | None = None,   # text models: condition dropout (None: 0 for tgdmat, 0.1 for kldm-text)
+    train_source: str | None = None, # "train", "val" (the substitute) or "auto" (None: the preset's)
     resume: bool = False,            # continue the training run found in out_dir/train
     progress: bool = False,          # progress bars (data and training)
     figures: bool = True,            # write loss.png and crystals.png
@@ -563,7 +570,7 @@ def run_csp(
     is_text = model in TEXT_MODELS
     fields = prompt_fields_for(prompt_fields, dataset) if is_text else None
     pu = (default_p_uncond(model) if p_uncond is None else float(p_uncond)) if is_text else None
-    run = get_preset(preset, n_test=n_test, sample_steps=sampler_steps, epochs=epochs)
+    run = get_preset(preset, n_test=n_test, sample_steps=sampler_steps, epochs=epochs, train_source=train_source)
     if run.threads: torch.set_num_threads(run.threads)
     out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix=f"reproduce_{model}_"))
     out.mkdir(parents=True, exist_ok=True)
@@ -636,6 +643,9 @@ def run_csp(
                "val_loss_after": val_after, "final_train_loss": float(epochs_log["train_loss"].iloc[-1]),
                "protocol": metric.protocol.name, "k": metric.k, "match_rate": metric.match_rate,
                "rmse": None if math.isnan(metric.rmse) else metric.rmse, "n_matched": metric.n_matched,
+               "match_rate_ungated": metric.match_rate_ungated,
+               "rmse_ungated": None if math.isnan(metric.rmse_ungated) else metric.rmse_ungated,
+               "n_invalid": metric.n_invalid, "volume_ratio": dict(metric.volume_ratio),
                "n_degenerate": n_degenerate, "reasons": metric.reasons, "sample_steps": run.sample_steps,
                "load_seconds": load_seconds, "train_seconds": train_seconds, "sample_seconds": sample_seconds,
                "metric_seconds": metric_seconds, "environment": env, "out_dir": str(out), "figures": [],

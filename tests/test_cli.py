@@ -157,3 +157,15 @@ def test_train_refuses_to_overwrite_and_ctrl_c_resumes(tmp_path):
     import pandas as pd   # the epoch log of the interrupted run was cut back to the checkpoint, then continued
     assert pd.read_csv(run_dir / "epochs.csv")["epoch"].tolist() == list(range(done + 1))
     assert Path(info["checkpoint"]).exists()
+
+
+@needs_mirror
+def test_train_on_the_val_substitute_says_so(tmp_path):
+    "`--train-source val` trains on the val split minus a held-out slice, and both the log and run.json say so."
+    code, out, err = run("train", "--dataset", "carbon_24", "--model", "diffcsp", "--preset", "smoke", "--epochs", "1",
+                         "--train-source", "val", "--out", tmp_path / "r", "--quiet")
+    assert code == 0, err
+    assert "TRAINED ON VAL" in out and "256 training and 64 validation crystals" in out
+    assert json.loads((tmp_path / "r" / "run.json").read_text())["train_source"] == "val"
+    code, _, err = run("train", "--dataset", "carbon_24", "--model", "diffcsp", "--train-source", "maybe", "--out", tmp_path / "x")
+    assert code == 2 and "--train-source" in err
