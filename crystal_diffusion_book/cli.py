@@ -378,7 +378,7 @@ def sample_spec(
     return CompositionSpec(spec.atom_types, spec.num_atoms, spec.labels, cond=emb.expand(spec.n_crystals, -1).clone())
 
 # %% ../nbs/90_cli.ipynb #584f3984
-def _sampler_calls(model, steps, guidance):
+def _sampler_calls(model, steps, guidance, method=None):
     "(sampler steps, network calls per step) of `model.sample` with `steps`; ValueError naming --steps if out of range."
     cfg = model.config
     if hasattr(model, "timesteps"):                    # DiffCSP's family: integer times 1..T
@@ -386,10 +386,10 @@ def _sampler_calls(model, steps, guidance):
             n = len(model.timesteps(steps))
         except ValueError as e:
             raise ValueError(f"--steps: {e}") from None
-        calls = 2                                      # predictor-corrector, the default sampler
+        calls = 2 if method in (None, "pc") else 1     # predictor-corrector (the default): two calls per step
     else:                                              # KLDM's family: any number of steps
         n = int(steps or getattr(cfg, "n_steps", 1000))
-        calls = 2 if getattr(cfg, "method", "pc") == "pc" else 1
+        calls = 2 if (method or getattr(cfg, "method", "pc")) == "pc" else 1
     w = 1.0 if guidance is None else float(guidance)
     return n, calls * (1 if w in (0.0, 1.0) or not getattr(cfg, "text_dim", 0) else 2)
 
@@ -424,13 +424,14 @@ def _cmd_sample(a):
     spec = CompositionSpec(spec.atom_types, spec.num_atoms, distinct_labels(spec.labels), cond=spec.cond)
     if a.guidance is not None and not getattr(model.config, "text_dim", 0):
         raise ValueError(f"--guidance applies to text models; this checkpoint holds a {type(model).__name__}")
-    n_steps, per_step = _sampler_calls(model, a.steps, a.guidance)
+    n_steps, per_step = _sampler_calls(model, a.steps, a.guidance, a.method)
     taken = [l for l in spec.labels if (out / f"{l}.cif").exists()]
     if taken:
         raise ValueError(f"--out {out} already holds {taken[0]}.cif ({len(taken)} of the {len(spec.labels)} files this "
                          "run writes): choose another folder, or move those files away")
     _writable_folder(out)
     kw = {} if a.guidance is None else {"guidance_scale": float(a.guidance)}
+    if a.method is not None: kw["method"] = a.method
     chunks = list(_spec_chunks(spec, a.batch_size))
     n_ok = n_bad = 0
     bar = tqdm(total=len(chunks) * n_steps * per_step, desc=f"sampling {spec.n_crystals} crystal(s), {n_steps} steps",
@@ -603,7 +604,8 @@ def parser() -> argparse.ArgumentParser:  # the parser of every subcommand
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=_cmd_train)
 
-    q = sub.add_parser("sample", help="sample crystals from a checkpoint into CIF files (formulas, atom counts, prompts)",
+    q = sub.add_parser("sample", aliases=["generate"],
+                       help="sample crystals from a checkpoint into CIF files (formulas, atom counts, prompts)",
                        epilog=_EXAMPLES["sample"], formatter_class=raw,
                        description="Sample crystals from a checkpoint: CSP models from formulas, de novo models from "
                        "atom counts;\ntext models need --prompt (embedded with the default offline encoder).")
@@ -612,10 +614,12 @@ def parser() -> argparse.ArgumentParser:  # the parser of every subcommand
     what.add_argument("--formula", action="append", help="formula of the cell (CSP), e.g. SrTiO3; repeat or comma-separate")
     what.add_argument("--atoms", type=POS_INT, help="atoms per crystal (de novo models)")
     q.add_argument("--prompt", help="text for a text model (one prompt for every crystal)")
-    q.add_argument("-n", type=POS_INT, default=1, help="crystals per formula, or in all with --atoms (default 1)")
+    q.add_argument("-n", "--n-samples", dest="n", type=POS_INT, default=1,
+                   help="crystals per formula, or in all with --atoms (default 1)")
     q.add_argument("--guidance", type=NONNEG_FLOAT, help="text models: classifier-free guidance scale w (default: 1)")
     q.add_argument("--formula-units", type=POS_INT, default=1, help="formula units per cell (default 1)")
     q.add_argument("--steps", type=POS_INT, help="sampler steps (default: the model's)")
+    q.add_argument("--method", help="sampler, e.g. pc, em, ode, predictor (default: the model's)")
     q.add_argument("--batch-size", type=POS_INT, default=64, help="crystals sampled at once; each batch is written "
                    "before the next starts (default 64)")
     q.add_argument("--seed", type=SEED, default=0, help="seed (default 0)")
@@ -658,17 +662,7 @@ def parser() -> argparse.ArgumentParser:  # the parser of every subcommand
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=_cmd_describe)
 
-    q = sub.add_parser("generate", help="sample crystals for given formulas from a checkpoint (CSP; see also sample)",
-                       add_help=False)
-    q.add_argument("args", nargs=argparse.REMAINDER)
-    q.set_defaults(func=lambda a: _generate(a.args))
     return p
-
-# %% ../nbs/90_cli.ipynb #9e7ad79d
-def _generate(argv):
-    "Hand over to the model chapter's `generate` command."
-    from crystal_diffusion_book.model import generate_main
-    return generate_main(argv)
 
 # %% ../nbs/90_cli.ipynb #47ae14eb
 def main(

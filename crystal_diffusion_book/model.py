@@ -7,10 +7,9 @@ Docs: https://crystal-diffusion-book.github.io/crystal-diffusion-book/model.html
 # %% auto #0
 __all__ = ['CompositionSpec', 'parse_formula', 'spec_from_formulas', 'spec_from_batch', 'structures_from_tensors',
            'config_to_dict', 'config_from_dict', 'Trajectory', 'CrystalModel', 'load_model', 'distinct_labels',
-           'write_cifs', 'generate_main', 'UniformBaselineConfig', 'UniformBaseline']
+           'write_cifs', 'UniformBaselineConfig', 'UniformBaseline']
 
 # %% ../nbs/31_model.ipynb #100481e1
-import argparse
 import dataclasses
 import importlib
 import os
@@ -336,24 +335,6 @@ def load_model(
     model.load_state_dict(ck["state_dict"], strict=True)
     return model.to(map_location).eval()
 
-# %% ../nbs/31_model.ipynb #139849c0
-def _generate_parser():
-    p = argparse.ArgumentParser(prog="python -m crystal_diffusion_book.model",
-                                description="Generate crystals with a trained model of crystal_diffusion_book.")
-    sub = p.add_subparsers(dest="command", required=True)
-    g = sub.add_parser("generate", help="sample crystals for given formulas and write CIF files")
-    g.add_argument("--checkpoint", required=True, help="a checkpoint written by CrystalModel.save")
-    g.add_argument("--formula", action="append", required=True,
-                   help="formula of the cell, e.g. LiFePO4 (repeat, or separate with commas)")
-    g.add_argument("-n", "--n-samples", type=int, default=1, help="crystals per formula (default 1)")
-    g.add_argument("--formula-units", type=int, default=1, help="formula units per cell (default 1)")
-    g.add_argument("--out", required=True, help="output folder for the CIF files (created)")
-    g.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
-    g.add_argument("--method", default=None, help="sampler (default: the model's)")
-    g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    return p
-
 # %% ../nbs/31_model.ipynb #f404d175
 def distinct_labels(
     labels,                # file stems, e.g. spec_from_formulas' ["SrTiO3_0", "SrTiO3_0"] for a repeated formula
@@ -393,57 +374,6 @@ def write_cifs(
         with open(out / f"{label}.cif", "x") as f:     # "x": FileExistsError rather than overwrite
             f.write(str(CifWriter(s)))
     return n_bad
-
-# %% ../nbs/31_model.ipynb #830bdf85
-def generate_main(
-    argv=None,             # command-line arguments without the program name (default: sys.argv[1:])
-) -> int:                  # exit code: 0 ok, 1 some samples unbuildable, 2 bad arguments
-    "Command line: `generate --checkpoint ck.pt --formula LiFePO4 -n 5 --out dir` writes CIF files."
-    parser = _generate_parser()
-    try:
-        args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
-    except SystemExit as e:        # argparse has printed its message
-        return int(e.code or 0)
-    def fail(msg):
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
-    if args.n_samples < 1: return fail(f"-n must be a positive integer, got {args.n_samples}")
-    formulas = [f.strip() for arg in args.formula for f in arg.split(",") if f.strip()]
-    out = Path(args.out)
-    if out.exists() and not out.is_dir(): return fail(f"--out {out} exists and is not a folder")
-    for name in ("formula_units", "steps", "threads"):
-        v = getattr(args, name)
-        if v is not None and v < 1: return fail(f"--{name.replace('_', '-')} must be a positive integer, got {v}")
-    try:
-        spec = spec_from_formulas(formulas, args.n_samples, args.formula_units)
-    except ValueError as e:
-        return fail(str(e))
-    labels = distinct_labels(spec.labels)
-    taken = [l for l in labels if (out / f"{l}.cif").exists()]
-    if taken: return fail(f"--out {out} already holds {taken[0]}.cif: choose another folder, or move the files away")
-    if args.threads: torch.set_num_threads(args.threads)
-    try:
-        model = load_model(args.checkpoint)
-    except (FileNotFoundError, ValueError) as e:
-        return fail(str(e))
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        return fail(f"--out {out} cannot be created ({e.strerror or type(e).__name__})")
-    gen = torch.Generator(device=model.device).manual_seed(args.seed)
-    try:
-        structures = model.sample(spec, n_steps=args.steps, method=args.method, generator=gen)
-    except ValueError as e:
-        return fail(str(e))
-    n_bad = write_cifs(structures, labels, out)
-    print(f"wrote {len(structures) - n_bad} CIF file(s) to {out}" + (f"; {n_bad} sample(s) could not be built" if n_bad else ""),
-          file=sys.stderr)
-    return 1 if n_bad else 0
-
-# %% ../nbs/31_model.ipynb #d891da8a
-if __name__ == "__main__":   # `python -m crystal_diffusion_book.model ...`: run the package's copy of the module
-    from crystal_diffusion_book.model import generate_main as _generate_main
-    sys.exit(_generate_main())
 
 # %% ../nbs/31_model.ipynb #2ca79f60
 @dataclass

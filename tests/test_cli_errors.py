@@ -106,18 +106,14 @@ def test_sample_never_overwrites_and_checks_out_first(diffcsp_ck, tmp_path):
 
 
 def test_generate_repeated_formula_and_existing_files(diffcsp_ck, tmp_path):
-    from crystal_diffusion_book.model import generate_main
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        rc = generate_main(["generate", "--checkpoint", str(diffcsp_ck), "--formula", "NaCl", "--formula", "NaCl",
-                            "--steps", "3", "--out", str(tmp_path / "g")])
+    "`cdb generate` is `cdb sample`: a repeated formula gets distinct files, --method is passed on, --steps is checked."
+    code, out, err = run("generate", "--checkpoint", diffcsp_ck, "--formula", "NaCl", "--formula", "NaCl",
+                         "--steps", "3", "--method", "pc", "--out", tmp_path / "g", "--quiet")
     n = len(cif_names(tmp_path / "g"))
-    assert f"wrote {n} CIF" in err.getvalue() and set(cif_names(tmp_path / "g")) <= {"NaCl_0.cif", "NaCl_1.cif"}
-    assert rc == (0 if n == 2 else 1)
-    with contextlib.redirect_stderr(io.StringIO()) as e2:
-        rc = generate_main(["generate", "--checkpoint", str(diffcsp_ck), "--formula", "NaCl", "--steps", "0",
-                            "--out", str(tmp_path / "h")])
-    assert rc == 2 and "--steps" in e2.getvalue()
+    assert f"wrote {n} CIF" in out and set(cif_names(tmp_path / "g")) <= {"NaCl_0.cif", "NaCl_1.cif"}, err
+    assert code == (0 if n == 2 else 1)
+    code, _, err = run("generate", "--checkpoint", diffcsp_ck, "--formula", "NaCl", "--steps", "0", "--out", tmp_path / "h")
+    assert code == 2 and "--steps" in err
 
 
 def _training_checkpoint(model, path):

@@ -7,7 +7,7 @@ import torch
 from pymatgen.core import Structure
 
 from crystal_diffusion_book.model import (CompositionSpec, UniformBaseline, UniformBaselineConfig, config_from_dict,
-                                          config_to_dict, generate_main, load_model, parse_formula, spec_from_batch,
+                                          config_to_dict, load_model, parse_formula, spec_from_batch,
                                           spec_from_formulas, structures_from_tensors)
 
 
@@ -92,17 +92,20 @@ def test_spec_from_batch():
 
 
 def test_generate_cli(tmp_path, capsys):
+    "`cdb generate` (another name for `cdb sample`): CIFs per formula, exit 2 with one line for bad input."
+    from crystal_diffusion_book.cli import main
     ck = UniformBaseline().save(tmp_path / "m.pt")
     out = tmp_path / "cifs"
-    assert generate_main(["generate", "--checkpoint", str(ck), "--formula", "LiFePO4,NaCl", "-n", "2", "--out", str(out)]) == 0
+    assert main(["generate", "--checkpoint", str(ck), "--formula", "LiFePO4,NaCl", "--n-samples", "2", "--out", str(out),
+                 "--quiet"]) == 0
     names = sorted(p.name for p in out.glob("*.cif"))
     assert names == ["LiFePO4_0.cif", "LiFePO4_1.cif", "NaCl_0.cif", "NaCl_1.cif"]
     assert Structure.from_file(out / "NaCl_1.cif").composition.reduced_formula == "NaCl"
-    assert generate_main(["generate", "--checkpoint", str(ck), "--formula", "Xx2", "--out", str(out)]) == 2
-    assert generate_main(["generate", "--checkpoint", str(tmp_path / "no.pt"), "--formula", "NaCl", "--out", str(out)]) == 2
+    assert main(["generate", "--checkpoint", str(ck), "--formula", "Xx2", "--out", str(tmp_path / "a")]) == 2
+    assert main(["generate", "--checkpoint", str(tmp_path / "no.pt"), "--formula", "NaCl", "--out", str(tmp_path / "b")]) == 2
     (tmp_path / "file").write_text("")
-    assert generate_main(["generate", "--checkpoint", str(ck), "--formula", "NaCl", "--out", str(tmp_path / "file")]) == 2
-    assert generate_main(["generate"]) == 2          # argparse: missing required options
+    assert main(["generate", "--checkpoint", str(ck), "--formula", "NaCl", "--out", str(tmp_path / "file")]) == 2
+    assert main(["generate"]) == 2          # argparse: missing required options
     err = capsys.readouterr().err
     assert "error" in err and "Traceback" not in err
 
