@@ -18,6 +18,7 @@ DEFAULT_STEPS = {   # per sampler: step counts (NFE = steps, or 2 x steps for pc
     ("diffcsp", "pc", "skip_end"): [5, 10, 25, 50, 100, 250, 1000],
     ("diffcsp", "predictor", "paper"): [10, 50, 100, 1000],
     ("diffcsp", "predictor", "skip_end"): [10, 25, 50, 100, 200, 1000],
+    ("diffcsp", "ddim", "skip_end"): [10, 25, 50, 100, 200, 1000],          # ours (chapter 32), not DiffCSP's
     ("kldm", "pc", None): [5, 10, 25, 50, 100, 250, 1000],
     ("kldm", "em", None): [10, 25, 50, 100, 200, 1000],
     ("kldm", "ode", None): [10, 25, 50, 100, 200, 1000],
