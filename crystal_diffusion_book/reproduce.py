@@ -51,13 +51,15 @@ class RunPreset:
     threads: int | None = None      # torch CPU threads (None: leave as is)
     protocol: str = "diffcsp"       # `metrics.csp_metrics` protocol of the reported match rate
     train_source: str = "train"     # "train", "val" (the declared substitute) or "auto" (train if present, else val)
+    text_out_dim: int | None = None # text models: width of the projected text (None: the model's, TGDMat's 256)
+    text_standardise: bool = False  # text models: z-score the embeddings with training statistics (chapter 60; ours)
 
     def __post_init__(self):
         for k in ("hidden_dim", "num_layers", "num_freqs", "time_dim", "epochs", "batch_size", "sample_steps",
                   "sample_batch_size"):
             v = getattr(self, k)
             if not isinstance(v, int) or v < 1: raise ValueError(f"{k} must be a positive integer, got {v!r}")
-        for k in ("max_steps", "n_train", "n_val", "n_test", "threads"):
+        for k in ("max_steps", "n_train", "n_val", "n_test", "threads", "text_out_dim"):
             v = getattr(self, k)
             if v is not None and (not isinstance(v, int) or v < 1):
                 raise ValueError(f"{k} must be a positive integer or None, got {v!r}")
@@ -70,7 +72,7 @@ class RunPreset:
         return dict(hidden_dim=self.hidden_dim, num_layers=self.num_layers, num_freqs=self.num_freqs,
                     time_dim=self.time_dim)
 
-EPOCHS_LARGE = 300   # cpu-large epochs: about 80 minutes of one core on MP-20's substitute (chapter 73)
+EPOCHS_LARGE = 250   # cpu-large epochs: about 90 minutes of one core on MP-20's substitute (chapter 73)
 
 PRESETS = {
     "smoke": RunPreset("smoke", hidden_dim=32, num_layers=2, num_freqs=8, time_dim=16, epochs=3, batch_size=32,
@@ -128,7 +130,7 @@ def build_model(
     parameterization: str = "simplified",  # KLDM: "simplified" or "direct"
     mean_free: bool = True,          # KLDM: zero centre-of-gravity projection
     t_f: float = 2.0,                # KLDM: horizon of the kinetic process
-    train_data=None,                 # KLDM and kldm-text: training crystals for the lattice statistics
+    train_data=None,                 # training crystals: KLDM's lattice statistics, a standardised text's statistics
     text_dim: int = 384,             # text models: size of the text embedding (0: no text input)
     p_uncond: float | None = None,   # text models: condition dropout (None: `default_p_uncond(model)`)
 ):                                   # a `CrystalModel` in float32
@@ -137,7 +139,9 @@ def build_model(
     options = {}
     if model in TEXT_MODELS:
         if not isinstance(text_dim, int) or text_dim < 0: raise ValueError(f"text_dim must be an integer >= 0, got {text_dim!r}")
-        options.update(text_dim=text_dim, p_uncond=default_p_uncond(model) if p_uncond is None else float(p_uncond))
+        options.update(text_dim=text_dim, p_uncond=default_p_uncond(model) if p_uncond is None else float(p_uncond),
+                       text_standardise=bool(run.text_standardise))
+        if run.text_out_dim is not None: options["text_out_dim"] = int(run.text_out_dim)
     if "simplified" in model_entry(model).resolve().config_class.__dataclass_fields__:   # KLDM's ablation switches (chapter 33)
         if parameterization not in ("simplified", "direct"):
             raise ValueError(f"parameterization must be 'simplified' or 'direct', got {parameterization!r}")
@@ -275,6 +279,9 @@ def run_label(
             sw.append(f"{r.get('text_kind', 'short')} prompt: " + ("all fields" if every else ", ".join(fields)))
             if r.get("text_encoder"): sw.append(str(r["text_encoder"]))
             sw.append(f"w {float(r.get('guidance_scale', 1.0)):g}")
+            pf = r.get("preset_fields") or {}
+            if pf.get("text_standardise"): sw.append("z-scored text")
+            if pf.get("text_out_dim"): sw.append(f"text width {pf['text_out_dim']}")
     if r.get("train_source") == "val": sw.append("trained on val")
     if sw: name += " (" + ", ".join(sw) + ")"
     return name

@@ -8,7 +8,8 @@ Docs: https://crystal-diffusion-book.github.io/crystal-diffusion-book/text.html.
 __all__ = ['PROMPT_HEAD', 'PROMPT_TAIL', 'TEMPLATE_VERSION', 'SENTENCES', 'DATASET_FIELDS', 'STRUCTURAL_FIELDS', 'TEXT_EXTRA',
            'MINILM', 'crystal_attributes', 'short_prompt', 'long_description', 'read_cache', 'cache_key',
            'describe_structures', 'describe_split', 'minilm_path', 'TextEncoder', 'embed_texts', 'ProjectionHead',
-           'attach_text_embeddings', 'text_dataset', 'TextConditioner', 'cfg_combine', 'guided_denoiser']
+           'attach_text_embeddings', 'text_dataset', 'TextConditioner', 'fit_text_standardiser', 'cfg_combine',
+           'guided_denoiser']
 
 # %% ../nbs/60_text.ipynb #802e09ea
 import hashlib
@@ -547,6 +548,7 @@ class TextConditioner(nn.Module):
                  out_dim=256,       # projected size (TGDMat: 256)
                  dropout=0.1,       # dropout inside the projection head (TGDMat: 0.1)
                  p_uncond=0.0,      # condition dropout for classifier-free guidance (TGDMat: 0)
+                 standardise=False, # z-score each embedding dimension with training-split statistics (ours; TGDMat: no)
                 ):
         super().__init__()
         if text_dim < 0: raise ValueError(f"text_dim must be >= 0, got {text_dim}")
@@ -554,6 +556,11 @@ class TextConditioner(nn.Module):
         self.text_dim, self.out_dim, self.p_uncond = int(text_dim), int(out_dim), float(p_uncond)
         self.head = ProjectionHead(text_dim, out_dim, dropout) if text_dim else None
         self.null = nn.Parameter(torch.zeros(out_dim))                     # ∅, learnt
+        self.standardise = bool(standardise) and self.text_dim > 0
+        if self.standardise:                                               # saved with the model, fitted by `fit_standardiser`
+            self.register_buffer("emb_mean", torch.zeros(self.text_dim))  # (text_dim,)
+            self.register_buffer("emb_std", torch.ones(self.text_dim))    # (text_dim,)
+            self.register_buffer("fitted", torch.tensor(False))
 
     def forward(self,
                 text_emb,           # (n_crystals, text_dim) embeddings, or None (all null)
@@ -569,6 +576,11 @@ class TextConditioner(nn.Module):
         if text_emb.ndim != 2 or text_emb.shape[1] != self.text_dim:
             raise ValueError(f"text_emb must have shape (n_crystals, {self.text_dim}), got {tuple(text_emb.shape)}")
         n = text_emb.shape[0]
+        if self.standardise:
+            if not bool(self.fitted):
+                raise ValueError("this TextConditioner standardises its input: call fit_standardiser(training embeddings) "
+                                 "first (a model's fit_data does)")
+            text_emb = (text_emb.to(self.emb_mean.dtype) - self.emb_mean) / self.emb_std
         c = self.head(text_emb.to(self.null.dtype))                         # (n_crystals, out_dim)
         if drop is None and self.training and self.p_uncond > 0:
             drop = torch.rand(n, device=c.device) < self.p_uncond
@@ -577,6 +589,36 @@ class TextConditioner(nn.Module):
         drop = torch.as_tensor(drop, dtype=torch.bool, device=c.device).reshape(-1)
         if drop.shape != (n,): raise ValueError(f"drop must hold one flag per crystal ({n}), got {tuple(drop.shape)}")
         return torch.where(drop[:, None], self.null.expand(n, -1), c)
+
+# %% ../nbs/60_text.ipynb #d60a0002
+@patch
+def fit_standardiser(self: TextConditioner,
+                     emb,           # (n_crystals, text_dim) the training split's embeddings
+                    ):              # self
+    "Set the per-dimension mean and standard deviation of the standardisation from training embeddings (float64)."
+    if not self.standardise: raise ValueError("this TextConditioner was built with standardise=False")
+    emb = torch.as_tensor(emb, dtype=torch.float64)
+    if emb.ndim != 2 or emb.shape[1] != self.text_dim or emb.shape[0] < 2:
+        raise ValueError(f"emb must have shape (n >= 2, {self.text_dim}), got {tuple(emb.shape)}")
+    std = emb.std(0)
+    if not bool((std > 0).all()):
+        raise ValueError(f"{int((std == 0).sum())} embedding dimension(s) are constant over the training crystals")
+    self.emb_mean.copy_(emb.mean(0)); self.emb_std.copy_(std); self.fitted.fill_(True)
+    return self
+
+# %% ../nbs/60_text.ipynb #d60a0005
+def fit_text_standardiser(
+    conditioner: TextConditioner,  # a text model's conditioner
+    train_data,                    # the training crystals, each with `text_emb` (1, text_dim)
+) -> None:
+    "Fit a standardising conditioner on the training crystals' embeddings (nothing to do when it does not standardise)."
+    if not conditioner.standardise: return
+    embs = [getattr(d, "text_emb", None) for d in train_data]
+    missing = [i for i, e in enumerate(embs) if e is None]
+    if missing:
+        raise ValueError(f"training crystal {missing[0]} (of {len(missing)} without) has no text_emb: standardising the "
+                         "text needs every training crystal's embedding (text.text_dataset)")
+    conditioner.fit_standardiser(torch.cat([torch.as_tensor(e).reshape(1, -1) for e in embs]))
 
 # %% ../nbs/60_text.ipynb #556dee49
 def cfg_combine(

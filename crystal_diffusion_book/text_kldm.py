@@ -17,7 +17,7 @@ from fastcore.basics import patch
 from .cspnet import CSPNetConfig, kldm_config
 from .kldm import KLDM, KLDMConfig
 from .model import CompositionSpec
-from .text import TextConditioner, guided_denoiser
+from .text import TextConditioner, fit_text_standardiser, guided_denoiser
 
 # %% ../nbs/62_text_kldm.ipynb #4eb7a549
 @dataclass
@@ -27,6 +27,7 @@ class TextKLDMConfig(KLDMConfig):
     text_out_dim: int = 256           # projected size, concatenated to every atom's input (TGDMat: 256)
     text_dropout: float = 0.1         # dropout inside the projection head (TGDMat: 0.1)
     p_uncond: float = 0.1             # condition dropout while training: P(text replaced by the learnt ∅), per crystal
+    text_standardise: bool = False    # z-score the embeddings with training-split statistics (chapter 60; off: TGDMat's)
     network: CSPNetConfig = field(default_factory=lambda: kldm_config(cond_dim=256))   # KLDM's network, cond_dim = text_out_dim
 
     def __post_init__(self):
@@ -58,7 +59,7 @@ class TextKLDM(KLDM):
     def __init__(self, config: TextKLDMConfig | None = None):
         super().__init__(config)
         c = self.config
-        self.conditioner = TextConditioner(c.text_dim, c.text_out_dim, c.text_dropout, c.p_uncond)
+        self.conditioner = TextConditioner(c.text_dim, c.text_out_dim, c.text_dropout, c.p_uncond, c.text_standardise)
 
     def _condition(self,
                    batch,           # a training batch; needs `text_emb` (n_crystals, text_dim) when text_dim > 0
@@ -97,6 +98,21 @@ class TextKLDM(KLDM):
         finally:
             self.conditioner.train(was)
         return cond, null
+
+# %% ../nbs/62_text_kldm.ipynb #d62a0001
+@patch
+def fit_data(self: TextKLDM,
+             train_data,   # training crystals (with text_emb when the text is standardised)
+            ):             # self
+    "The trainer's hook: KLDM's lattice statistics, then the text standardisation (when the config asks for it)."
+    KLDM.fit_data(self, train_data)
+    fit_text_standardiser(self.conditioner, train_data)
+    return self
+
+@patch(as_prop=True)
+def data_fitted(self: TextKLDM) -> bool:   # lattice statistics, and the text standardisation if any
+    "Whether the lattice statistics and the text standardisation (if any) are in place."
+    return bool(self.lat_fitted) and (not self.conditioner.standardise or bool(self.conditioner.fitted))
 
 # %% ../nbs/62_text_kldm.ipynb #bf93d29f
 @patch

@@ -19,7 +19,7 @@ from .cspnet import CSPNetConfig
 from .d3pm import D3PM
 from .diffcsp import DiffCSP, DiffCSPConfig
 from .model import CompositionSpec
-from .text import TextConditioner, guided_denoiser
+from .text import TextConditioner, fit_text_standardiser, guided_denoiser
 from fastcore.basics import patch
 
 # %% ../nbs/61_tgdmat.ipynb #3929d4c6
@@ -38,6 +38,7 @@ class TGDMatConfig(DiffCSPConfig):
     text_out_dim: int = 256         # width of the projected text concatenated to every atom's input
     text_dropout: float = 0.1       # dropout inside the projection head
     p_uncond: float = 0.0           # condition dropout for classifier-free guidance (TGDMat: 0)
+    text_standardise: bool = False  # z-score the embeddings with training-split statistics (ours, chapter 60; TGDMat: no)
 
     def __post_init__(self):
         if self.types not in ("corrected", "published"):
@@ -170,7 +171,7 @@ class TGDMat(DiffCSP):
     def __init__(self, config: TGDMatConfig | None = None):
         super().__init__(config)        # the network, σ_t, λ_t and the lattice DDPM of DiffCSP
         c = self.config
-        self.conditioner = TextConditioner(c.text_dim, c.text_out_dim, c.text_dropout, c.p_uncond)
+        self.conditioner = TextConditioner(c.text_dim, c.text_out_dim, c.text_dropout, c.p_uncond, c.text_standardise)
         self.type_diffusion = None      # a plain object (not a module): its tables follow from the config
         if c.task == "dng":
             K = c.network.num_types
@@ -207,6 +208,8 @@ class TGDMat(DiffCSP):
                        drop=None,               # optional (n_crystals,) bool: crystals sampled with ∅ instead of their text
                        trajectory_every: int | None = None,  # keep every k-th step (None: about 50 frames)
                        dtype=None,              # working dtype (None: the network's)
+                       text_dropout: bool = False,  # True: the projection's dropout stays on and is redrawn at every
+                                                # network call, as TGDMat's evaluate.py samples (never calling .eval())
                       ) -> dict:                # frac (n_atoms, 3), lattice (n_crystals, 3, 3), types (n_atoms,), index [, trajectory]
         "DiffCSP's predictor–corrector sampler with the text condition, optional guidance, and D3PM types for DNG."
         c = self.config
@@ -230,6 +233,16 @@ class TGDMat(DiffCSP):
             self.conditioner.train(was)
 
         guided = guided_denoiser(self.denoise, cond, null, w)                 # DiffCSP's denoiser signature
+        if text_dropout and c.text_dim > 0:     # the reference's sampling: a fresh dropout mask in every network call
+            if w != 1: raise ValueError(f"text_dropout reproduces TGDMat's evaluate.py, which has no guidance: "
+                                        f"guidance_scale must be 1, got {w}")
+            head = self.conditioner.head
+            def guided(t, *args):
+                was_c, was_h = self.conditioner.training, head.training
+                self.conditioner.eval(); head.train()                          # head dropout on, condition dropout off
+                try: cond_now = self.condition(spec.cond, n_cr, drop)          # masks from torch's global generator
+                finally: self.conditioner.train(was_c); head.train(was_h)
+                return self.denoise(t, *args, cond=cond_now)
 
         types = None
         if c.task == "dng":
@@ -242,6 +255,20 @@ class TGDMat(DiffCSP):
             tr = out["trajectory"]
             tr["masked"] = torch.stack([types.masked["start"]] + [types.masked[int(s)] for s in tr["t"][1:]])
         return out
+
+# %% ../nbs/61_tgdmat.ipynb #d61a0001
+@patch
+def fit_data(self: TGDMat,
+             train_data,   # training crystals (with text_emb when the text is standardised)
+            ):             # self
+    "The trainer's hook: fit the text standardisation on the training split (when the config asks for it)."
+    fit_text_standardiser(self.conditioner, train_data)
+    return self
+
+@patch(as_prop=True)
+def data_fitted(self: TGDMat) -> bool:   # False while a standardising conditioner is unfitted
+    "Whether the text standardisation (if any) is fitted."
+    return not self.conditioner.standardise or bool(self.conditioner.fitted)
 
 # %% ../nbs/61_tgdmat.ipynb #780e84a1
 @patch

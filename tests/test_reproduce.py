@@ -17,7 +17,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_presets_and_errors():
-    assert set(rp.PRESETS) == {"smoke", "cpu", "cpu-long", "paper"}
+    assert set(rp.PRESETS) == {"smoke", "cpu", "cpu-long", "cpu-large", "paper"}
+    lg = rp.PRESETS["cpu-large"]          # the cpu network on the larger datasets, the val substitute where needed
+    assert lg.train_source == "auto" and lg.epochs == rp.EPOCHS_LARGE and lg.n_test == 1000
+    with pytest.raises(ValueError, match="train_source"):
+        rp.get_preset("cpu", train_source="test")
+    with pytest.raises(ValueError, match="text_out_dim"):
+        rp.get_preset("cpu", text_out_dim=0)
     cl, c = rp.PRESETS["cpu-long"], rp.PRESETS["cpu"]   # the cpu network, trained longer, on the whole test split
     assert (cl.hidden_dim, cl.num_layers, cl.num_freqs, cl.time_dim) == (c.hidden_dim, c.num_layers, c.num_freqs, c.time_dim)
     assert cl.epochs > c.epochs and cl.n_test is None and cl.n_train is None
