@@ -29,14 +29,17 @@ def log(*a):
 
 def training_log(epochs_csv: Path, marks=(25, 50, 100, 150, 200, 300, 400, 500)) -> dict:
     """From the trainer's epoch log: the validation loss at a few epochs (to say whether the run had converged), the
-    wall seconds of the whole training (all resumed calls: the log's last cumulative time), the final learning rate
-    and the epochs where it dropped."""
+    wall seconds of the whole training, the final learning rate and the epochs where it dropped. The log's `seconds`
+    count from the start of each trainer call, so a resumed run restarts them: the total adds up every segment."""
     ep = pd.read_csv(epochs_csv)                 # epoch is 0-based: the m-th epoch is row epoch == m - 1
     curve = {}
     for m in (*marks, int(ep["epoch"].max()) + 1):
         row = ep[ep["epoch"] == m - 1]
         if len(row): curve[str(m)] = float(row["val_loss"].iloc[0])
-    return {"val_loss_at_epoch": curve, "train_seconds": float(ep["seconds"].iloc[-1]), "lr_final": float(ep["lr"].iloc[-1]),
+    sec = ep["seconds"].astype(float).tolist()
+    total = sum(a for a, b in zip(sec, sec[1:]) if b < a) + sec[-1]     # each segment's last time, then the running one
+    return {"val_loss_at_epoch": curve, "train_seconds": total, "train_segments": 1 + sum(b < a for a, b in zip(sec, sec[1:])),
+            "lr_final": float(ep["lr"].iloc[-1]),
             "lr_drops_at_epoch": [int(e) + 1 for e, a, b in zip(ep["epoch"][1:], ep["lr"][:-1], ep["lr"][1:]) if b < a]}
 
 

@@ -82,3 +82,16 @@ def test_long_run_trains_on_the_val_substitute(tmp_path):
     rec = json.loads(out.read_text())
     assert rec["train_source"] == "val" and "TRAINED ON VAL" in r.stdout
     assert rec["n_train"] == 256 and rec["n_val"] == 64 and rec["n_test"] == 3   # smoke's sizes, from carbon_24/val
+
+
+def test_training_log_adds_up_resumed_segments(tmp_path):
+    "A resumed trainer restarts its seconds: the total is the sum of each segment's last time."
+    sys.path.insert(0, str(ROOT / "ci"))
+    import long_run
+    rows = ["epoch,step,lr,train_loss,val_loss,match_rate,rmse,n_sampled,protocol,sample_seconds,seconds"]
+    for e, sec, lr in ((0, 10.0, 1e-3), (1, 20.0, 1e-3), (2, 5.0, 6e-4), (3, 11.0, 6e-4)):   # resumed after epoch 1
+        rows.append(f"{e},{e + 1},{lr},1.0,{1.0 - e / 10},,,,,,{sec}")
+    (tmp_path / "epochs.csv").write_text("\n".join(rows) + "\n")
+    log = long_run.training_log(tmp_path / "epochs.csv", marks=(1, 2))
+    assert log["train_seconds"] == 31.0 and log["train_segments"] == 2
+    assert log["lr_drops_at_epoch"] == [3] and log["val_loss_at_epoch"] == {"1": 1.0, "2": 0.9, "4": 0.7}
