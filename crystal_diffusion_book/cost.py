@@ -49,7 +49,7 @@ def poly_cost(
 
 # %% ../nbs/73_larger_datasets.ipynb #a7300020
 GPU_PEAK_FLOPS = 67e12        # H100 SXM fp32 peak (NVIDIA H100 datasheet); the references train in fp32
-GPU_UTILISATION = (0.5, 0.1)  # assumed fraction of that peak: the fast and the slow end of the estimate
+GPU_UTILISATION = (0.5, 0.05) # assumed fraction of that peak: the fast and the slow end of the estimate (a guess: a decade)
 
 @dataclass(frozen=True)
 class Recipe:
