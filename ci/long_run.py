@@ -12,6 +12,7 @@ sample with all the columns a match rate hides (ungated twin, invalid count, pre
 `ci/collect_long.py` joins the models' JSON into one committed record (`ci/results/<dataset>-<preset>.json`).
 One network per model (training seed 0); the seeds are sampling seeds. Progress goes to stdout, one line per stage."""
 import argparse, json, math, time
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -64,7 +65,7 @@ def main(argv=None):
     source = resolve_train_source(a.dataset, run.train_source)
     torch.set_num_threads(run.threads or 1)
     t0 = time.perf_counter()
-    train_data, val_data, test_data, test_idx = load_csp_data(a.dataset, run, seed=0)
+    train_data, val_data, test_data, test_idx = load_csp_data(a.dataset, replace(run, train_source=source), seed=0)
     log(f"data: train {len(train_data)}, val {len(val_data)}, test {len(test_data)} ({time.perf_counter() - t0:.0f} s)"
         + ("; TRAINED ON VAL (the train split is not present): the val split minus a held-out slice" if source == "val" else ""))
     torch.manual_seed(0)

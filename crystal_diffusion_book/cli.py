@@ -270,6 +270,7 @@ def _check_resume(path, model, preset, network):
 def _cmd_train(a):
     "Train one model at a preset's scale; write model.pt and run.json into --out."
     import time
+    from dataclasses import replace
     from crystal_diffusion_book import reproduce as rp
     _check_dataset(a.dataset)
     model = _check_models(a.model, "--model")
@@ -280,6 +281,7 @@ def _cmd_train(a):
         raise ValueError(f"--prompt-fields and --p-uncond apply to the text models {list(rp.TEXT_MODELS)}, not {model}")
     fields = _prompt_fields(a.prompt_fields, a.dataset, "--prompt-fields") if is_text else None
     run = rp.get_preset(a.preset, epochs=a.epochs, train_source=a.train_source)
+    source = rp.resolve_train_source(a.dataset, run.train_source)         # once: "auto" looks in the cache and mirror
     out = Path(a.out)
     if out.exists() and not out.is_dir(): raise ValueError(f"--out {out} exists and is not a folder")
     has_ck = (out / "last.pt").exists() or (out / "prev.pt").exists()
@@ -302,12 +304,12 @@ def _cmd_train(a):
         if fields:
             from crystal_diffusion_book.text import TextEncoder
             encoder = TextEncoder()
-        train, val, _, _ = rp.load_csp_data(a.dataset, run, a.seed, fields, a.text_kind, encoder, progress=not a.quiet,
-                                            test=False)
+        train, val, _, _ = rp.load_csp_data(a.dataset, replace(run, train_source=source), a.seed, fields, a.text_kind,
+                                            encoder, progress=not a.quiet, test=False)
         text_dim = encoder.dim if encoder is not None else 0
         print(f"{a.dataset}: {len(train)} training and {len(val)} validation crystals ({time.perf_counter() - t0:.1f} s)"
               + ("; TRAINED ON VAL (the val split minus a held-out slice)"
-                 if rp.resolve_train_source(a.dataset, run.train_source) == "val" else "")
+                 if source == "val" else "")
               + (f"; {a.text_kind} prompts, fields {', '.join(fields)}, encoder {encoder.name}" if fields else ""), flush=True)
         torch.manual_seed(a.seed)
         net = rp.build_model(model, run, a.dataset, v0_scale=a.v0_scale, parameterization=a.parameterization,
@@ -321,7 +323,7 @@ def _cmd_train(a):
         res = train_loop(net, train, val, cfg, out_dir=out, resume=resume)
         seconds = time.perf_counter() - t0
         info = {"command": "train", "dataset": a.dataset, "model": model, "preset": a.preset, "seed": a.seed,
-                "train_source": rp.resolve_train_source(a.dataset, run.train_source),
+                "train_source": source,
                 "epochs": int(res["epoch"]), "steps": int(res["step"]), "seconds": seconds, "resumed": bool(resume),
                 "resumed_from": str(resume) if a.resume_from else None,
                 "prompt_fields": list(fields) if fields is not None else None,

@@ -83,7 +83,7 @@ PRESETS = {
     "cpu-long": RunPreset("cpu-long", hidden_dim=128, num_layers=4, num_freqs=32, time_dim=64, epochs=500,
                           batch_size=256, n_train=None, n_val=512, n_test=None, sample_steps=100,
                           sample_batch_size=250, threads=1),
-    # cpu-large: the cpu network on the larger datasets (chapter 73, `ci/large_cpu.py`); trained on the val split
+    # cpu-large: the cpu network on the larger datasets (chapter 73, `ci/long_run.py`); trained on the val split
     # where the train split is not present (a declared substitute, labelled "trained on val" in every record)
     "cpu-large": RunPreset("cpu-large", hidden_dim=128, num_layers=4, num_freqs=32, time_dim=64, epochs=EPOCHS_LARGE,
                            batch_size=256, n_train=None, n_val=512, n_test=1000, sample_steps=100,
@@ -591,9 +591,10 @@ def run_csp(
     if fields:
         from crystal_diffusion_book.text import TextEncoder
         encoder = TextEncoder()
-    train_data, val_data, test_data, test_idx = load_csp_data(dataset, run, seed, fields, text_kind, encoder, progress)
+    train_source = resolve_train_source(dataset, run.train_source)     # once: "auto" looks in the cache and mirror
+    train_data, val_data, test_data, test_idx = load_csp_data(dataset, replace(run, train_source=train_source), seed,
+                                                              fields, text_kind, encoder, progress)
     load_seconds = time.perf_counter() - t0
-    train_source = resolve_train_source(dataset, run.train_source)
     text_dim = encoder.dim if encoder is not None else 0
     log(f"train {len(train_data)}, val {len(val_data)}, test {len(test_data)} ({load_seconds:.1f} s)"
         + ("; TRAINED ON VAL: the val split minus a held-out slice (the train split is not present)"
