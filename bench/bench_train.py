@@ -4,6 +4,8 @@ Usage:
     CDB_DATA_MIRROR=../shared/data .venv/bin/python bench/bench_train.py [--models diffcsp,kldm] [--threads 1]
         [--batch 256] [--steps 45] [--reps 3] [--size cpu]
     ... bench/bench_train.py --threads-grid [--size cpu|reference] [--steps 10]
+    ... bench/bench_train.py --breakdown [--models diffcsp,kldm]
+    ... bench/bench_train.py --compile [--models diffcsp,kldm]
 
 Default mode. For each model, `--reps` interleaved repetitions of two whole trainer runs of `--steps` optimiser steps
 on the Perov-5 train split (all 11,356 crystals, the model's preset, no validation, one checkpoint at the end), from
@@ -15,6 +17,13 @@ Printed: crystals/s (wall clock) and CPU s per 1000 crystals (time.process_time,
 medians, the ratio ours/today of each repetition, and the final-step loss of both (the same batches and noise: the
 two must agree to float32 rounding, ~1e-7). The load average is printed at the start and end: on a shared machine
 only the ratios, measured interleaved, carry over.
+
+--breakdown: where one optimiser step of ours goes (batch gather, loss forward of which the network, backward, the
+trainer's gradient norm and clipping, Adam), ms per step over 35 steps after 5 warm-up steps, and the arithmetic rate
+of the network's two largest matrix products measured alone (GFLOP/s): how far the step is from what this core can do.
+
+--compile: the bare training step with `TrainConfig.compile`'s torch.compile of the message-passing layers against
+eager, same batches: the first steps' seconds (the compilation) and the steady crystals/s over the rest of an epoch.
 
 --threads-grid: crystals/s of the bare training step (flat batches, loss, backward, Adam) for P processes x T threads,
 (P, T) in (1,1) (1,2) (2,1) (2,2), each cell run in fresh processes, cells interleaved over --reps rounds; printed as total
@@ -97,6 +106,83 @@ def compare(a):
               f"final loss relative difference {dl:.1e}; load {load()}", flush=True)
 
 
+def bare_setup(name, a):
+    "A model (lattice statistics fitted), its flat batches of epoch 0 and an Adam optimiser."
+    from crystal_diffusion_book.train import _self_loops
+    data = load_dataset("perov_5", "train", progress=False)
+    model, flat = make_model(name, a.size), FlatCrystals(data)
+    if not model.data_fitted: model.fit_data(data)
+    idx = EpochBatchSampler(len(data), a.batch, seed=0).global_batches(0)
+    return model, flat, idx, _self_loops(model)
+
+
+def gemm_rate(shape_a, shape_b, reps=30):
+    "GFLOP/s of one float32 matrix product of the given shapes, alone (median of `reps`)."
+    x, w = torch.randn(*shape_a), torch.randn(*shape_b)
+    x @ w
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter(); x @ w; ts.append(time.perf_counter() - t0)
+    return 2 * shape_a[0] * shape_a[1] * shape_b[1] / statistics.median(ts) / 1e9
+
+
+def breakdown(a):
+    "Milliseconds per optimiser step in each stage of ours (flat gather, folded forward)."
+    from torch import nn
+    from crystal_diffusion_book.train import _grad_norm
+    print(f"where a step goes: {a.threads} thread(s), batch {a.batch}, size {a.size}, 35 steps after 5 warm-up; load {load()}")
+    for name in a.models.split(","):
+        model, flat, idx, loops = bare_setup(name, a)
+        net, params = model.net, list(model.parameters())
+        opt = torch.optim.Adam(params, lr=1e-3)
+        T = dict.fromkeys(("gather", "forward", "network", "backward", "grad norm", "clip", "adam"), 0.0)
+        forward = net.forward
+        def timed(*args, **kw):
+            t0 = time.perf_counter(); out = forward(*args, **kw); T["network"] += time.perf_counter() - t0; return out
+        net.forward = timed
+        for s, i in enumerate(idx[:40]):
+            if s == 5: T = dict.fromkeys(T, 0.0)
+            t = [time.perf_counter()]
+            b = flat.batch(i, loops); t.append(time.perf_counter())
+            loss = model.loss(b)["loss"]; t.append(time.perf_counter())
+            opt.zero_grad(set_to_none=True); loss.backward(); t.append(time.perf_counter())
+            _grad_norm(params); t.append(time.perf_counter())
+            nn.utils.clip_grad_value_(params, 0.5); t.append(time.perf_counter())
+            opt.step(); t.append(time.perf_counter())
+            for k, (t0, t1) in zip(("gather", "forward", "backward", "grad norm", "clip", "adam"), zip(t, t[1:])): T[k] += t1 - t0
+        del net.forward
+        total = sum(v for k, v in T.items() if k != "network")
+        print(f"{name:8} ms/step: " + "  ".join(f"{k} {1e3 * v / 35:.1f}" for k, v in T.items())
+              + f"  | total {1e3 * total / 35:.1f} ({35 * a.batch / total:.0f} crystals/s)", flush=True)
+    E, N, H = a.batch * 25, a.batch * 5, SIZES["cpu"]["hidden_dim"] if a.size == "cpu" else 512
+    F = 6 * (SIZES["cpu"]["num_freqs"] if a.size == "cpu" else 128)
+    print(f"matrix products alone (Perov-5 batch: {E} edges, {N} atoms): Fourier features x W (E,{F})@({F},{H}) "
+          f"{gemm_rate((E, F), (F, H)):.0f} GFLOP/s; edge MLP (E,{H})@({H},{H}) {gemm_rate((E, H), (H, H)):.0f} GFLOP/s; "
+          f"node MLP (N,{2 * H})@({2 * H},{H}) {gemm_rate((N, 2 * H), (2 * H, H)):.0f} GFLOP/s")
+
+
+def compiled(a):
+    "Eager against torch.compile'd message-passing layers: compile seconds and steady crystals/s, same batches."
+    from crystal_diffusion_book.train import _compile_layers
+    print(f"torch.compile of the CSPLayers (dynamic shapes) against eager: {a.threads} thread(s), batch {a.batch}, "
+          f"size {a.size}, one epoch of Perov-5; load {load()}")
+    for name in a.models.split(","):
+        res = {}
+        for mode in ("eager", "compiled"):
+            model, flat, idx, loops = bare_setup(name, a)
+            if mode == "compiled": _compile_layers(model)
+            opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+            batches = [flat.batch(i, loops) for i in idx]
+            marks = [time.perf_counter()]
+            for s, b in enumerate(batches):
+                opt.zero_grad(set_to_none=True); model.loss(b)["loss"].backward(); opt.step()
+                if s in (4, len(batches) - 1): marks.append(time.perf_counter())
+            res[mode] = (marks[1] - marks[0], (len(batches) - 5) * a.batch / (marks[2] - marks[1]))
+            print(f"{name:8} {mode:8} first 5 steps {res[mode][0]:6.1f} s; then {res[mode][1]:5.0f} crystals/s "
+                  f"({len(batches) - 5} steps; the last batch is smaller)", flush=True)
+        print(f"{name:8} compiled/eager steady rate {res['compiled'][1] / res['eager'][1]:.2f}x; load {load()}", flush=True)
+
+
 def grid_worker(a):
     "One process of a grid cell: a bare training loop on flat batches; prints its crystals/s."
     torch.set_num_threads(a.worker_threads)
@@ -139,11 +225,15 @@ def main():
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--size", default="cpu", choices=sorted(SIZES))
     p.add_argument("--threads-grid", action="store_true")
+    p.add_argument("--breakdown", action="store_true", help="where a step of ours goes")
+    p.add_argument("--compile", action="store_true", help="torch.compile'd layers against eager")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--worker-threads", type=int, default=1, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker: return grid_worker(a)
     if a.threads: torch.set_num_threads(a.threads)
+    if a.breakdown: return breakdown(a)
+    if a.compile: return compiled(a)
     return grid(a) if a.threads_grid else compare(a)
 
 
