@@ -21,7 +21,7 @@ import torch
 from crystal_diffusion_book.nfe import score_predictions
 from crystal_diffusion_book.reproduce import (CPU_LONG_SAMPLER, TRAIN_SOURCES, _fmt, build_model, environment, get_preset,
                                               load_csp_data, resolve_train_source, sample_csp, train_config)
-from crystal_diffusion_book.train import train, validation_loss
+from crystal_diffusion_book.train import default_threads, train, validation_loss
 
 
 def log(*a):
@@ -63,7 +63,7 @@ def main(argv=None):
     n_steps = kw.pop("n_steps")
     run = get_preset(a.preset, epochs=a.epochs, n_test=a.n_test, sample_steps=n_steps, train_source=a.train_source)
     source = resolve_train_source(a.dataset, run.train_source)
-    torch.set_num_threads(run.threads or 1)
+    torch.set_num_threads(run.threads or default_threads())
     t0 = time.perf_counter()
     train_data, val_data, test_data, test_idx = load_csp_data(a.dataset, replace(run, train_source=source), seed=0)
     log(f"data: train {len(train_data)}, val {len(val_data)}, test {len(test_data)} ({time.perf_counter() - t0:.0f} s)"

@@ -7,6 +7,10 @@ A run's notebook may leave a JSON-serialisable dict in a variable named `results
 collects it with the parameters, wall time and status into `runs/<matrix>/results.json` and
 `results.md`. A failed run is reported with its error and does not stop the others.
 
+Threads: runs executed side by side share the cores. Each kernel gets OMP_NUM_THREADS = cores // (runs at a time),
+unless the caller set it, so `make reproduce`'s two jobs on 2 cores train with one thread each and a single run takes
+both (chapter 50 measures what oversubscribing costs).
+
 Progress: a run executes inside a Jupyter kernel, so the driver learns how far it is from files the run
 writes. A run whose parameters name an `out_dir` is watched there: `progress.json` (the stage, written by
 `reproduce.run_csp`: data, train, sampling, scoring, done) and, while it trains, the trainer's
@@ -34,9 +38,18 @@ TRAIN_BAR = "{desc} {bar:20} {n_fmt}/{total_fmt} epochs [{elapsed}<{remaining}{p
 KERNEL_ARGS = ["--log-level=ERROR"]  # the kernel's own warnings stay out of the driver's terminal
 
 
-def _run(nb: str, out: str, params: dict) -> dict:
-    "Execute one run with papermill; return its record."
+def job_threads(jobs: int, n_runs: int, cores: int | None = None) -> int:
+    "Threads for each of the runs executed side by side: the cores shared among min(jobs, n_runs) of them, at least 1."
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, min(jobs, n_runs)))
+
+
+def _run(nb: str, out: str, params: dict, threads: int | None = None) -> dict:
+    "Execute one run with papermill (its kernel gets OMP_NUM_THREADS=threads unless the caller set it); return its record."
     import papermill as pm
+    if threads and not os.environ.get("OMP_NUM_THREADS"):   # the kernel inherits it: torch and `default_threads` read it
+        os.environ["OMP_NUM_THREADS"] = str(threads)
     start = time.time()
     rec = {"notebook": nb, "output": out, "parameters": params}
     try:
@@ -239,9 +252,10 @@ def run_matrix(matrix: Path, out_root: Path, jobs: int = 2, progress: str = "aut
             (Path(od) / "progress.json").unlink(missing_ok=True)
     view = MatrixProgress(runs, progress)
     done = {}
+    threads = job_threads(jobs, len(runs))   # side-by-side runs share the cores instead of each taking them all
     try:
         with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as ex:
-            futs = {ex.submit(_run, r["notebook"], str(out / f"{r['id']}.ipynb"), r.get("parameters", {})): r
+            futs = {ex.submit(_run, r["notebook"], str(out / f"{r['id']}.ipynb"), r.get("parameters", {}), threads): r
                     for r in runs}
             pending = set(futs)
             while pending:

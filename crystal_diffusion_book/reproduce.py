@@ -48,7 +48,7 @@ class RunPreset:
     n_test: int | None = None       # test crystals sampled and scored (None: the whole split)
     sample_steps: int = 1000        # sampler steps (each model's own sampler)
     sample_batch_size: int = 256    # crystals per sampling batch
-    threads: int | None = None      # torch CPU threads (None: leave as is)
+    threads: int | None = None      # torch CPU threads (None: `train.default_threads`, i.e. OMP_NUM_THREADS or the free cores)
     protocol: str = "diffcsp"       # `metrics.csp_metrics` protocol of the reported match rate
     train_source: str = "train"     # "train", "val" (the declared substitute) or "auto" (train if present, else val)
     text_out_dim: int | None = None # text models: width of the projected text (None: the model's, TGDMat's 256)
@@ -78,16 +78,16 @@ PRESETS = {
     "smoke": RunPreset("smoke", hidden_dim=32, num_layers=2, num_freqs=8, time_dim=16, epochs=3, batch_size=32,
                        n_train=256, n_val=64, n_test=8, sample_steps=20, sample_batch_size=64),
     "cpu": RunPreset("cpu", hidden_dim=128, num_layers=4, num_freqs=32, time_dim=64, epochs=100, batch_size=256,
-                     n_train=None, n_val=512, n_test=500, sample_steps=100, sample_batch_size=250, threads=1),
+                     n_train=None, n_val=512, n_test=500, sample_steps=100, sample_batch_size=250),
     # cpu-long: the cpu network trained longer and sampled on the whole test split (chapter 72, `ci/long_run.py`)
     "cpu-long": RunPreset("cpu-long", hidden_dim=128, num_layers=4, num_freqs=32, time_dim=64, epochs=500,
                           batch_size=256, n_train=None, n_val=512, n_test=None, sample_steps=100,
-                          sample_batch_size=250, threads=1),
+                          sample_batch_size=250),
     # cpu-large: the cpu network on the larger datasets (chapter 73, `ci/long_run.py`); trained on the val split
     # where the train split is not present (a declared substitute, labelled "trained on val" in every record)
     "cpu-large": RunPreset("cpu-large", hidden_dim=128, num_layers=4, num_freqs=32, time_dim=64, epochs=EPOCHS_LARGE,
                            batch_size=256, n_train=None, n_val=512, n_test=1000, sample_steps=100,
-                           sample_batch_size=250, threads=1, train_source="auto"),
+                           sample_batch_size=250, train_source="auto"),
     "paper": RunPreset("paper", hidden_dim=512, num_layers=6, num_freqs=128, time_dim=256, epochs=3000,
                        batch_size=1024, n_train=None, n_val=None, n_test=None, sample_steps=1000),
 }

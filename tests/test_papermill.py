@@ -39,6 +39,20 @@ def test_matrix_driver_runs_and_collects(tmp_path):
         run_matrix.run_matrix(bad, tmp_path / "runs")
 
 
+def test_matrix_runs_share_the_cores(tmp_path, monkeypatch):
+    "Runs side by side get cores // (runs at a time) threads each; a caller's OMP_NUM_THREADS wins."
+    sys.path.insert(0, str(ROOT / "ci"))
+    import run_matrix
+    assert [run_matrix.job_threads(j, n, cores=c) for j, n, c in ((2, 2, 2), (2, 1, 2), (4, 9, 2), (1, 5, 8), (3, 6, 8))] \
+        == [1, 2, 1, 8, 2]
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    rec = run_matrix._run("nbs/no_such.ipynb", str(tmp_path / "x.ipynb"), {}, threads=3)
+    assert rec["status"] == "failed" and run_matrix.os.environ["OMP_NUM_THREADS"] == "3"   # set before the kernel starts
+    monkeypatch.setenv("OMP_NUM_THREADS", "5")
+    run_matrix._run("nbs/no_such.ipynb", str(tmp_path / "y.ipynb"), {}, threads=3)
+    assert run_matrix.os.environ["OMP_NUM_THREADS"] == "5"
+
+
 def test_matrix_parameters_exist_in_the_notebooks():
     "Every parameter a run matrix passes is a name of its notebook's `parameters` cell (papermill would add an unknown one silently)."
     import ast
