@@ -53,6 +53,7 @@ class RunPreset:
     train_source: str = "train"     # "train", "val" (the declared substitute) or "auto" (train if present, else val)
     text_out_dim: int | None = None # text models: width of the projected text (None: the model's, TGDMat's 256)
     text_standardise: bool = False  # text models: z-score the embeddings with training statistics (chapter 60; ours)
+    time_grid: str = "paper"        # DiffCSP/TGDMat sampler grid: "paper" (the reference's T..1) or "skip_end" (chapter 72)
 
     def __post_init__(self):
         for k in ("hidden_dim", "num_layers", "num_freqs", "time_dim", "epochs", "batch_size", "sample_steps",
@@ -63,6 +64,8 @@ class RunPreset:
             v = getattr(self, k)
             if v is not None and (not isinstance(v, int) or v < 1):
                 raise ValueError(f"{k} must be a positive integer or None, got {v!r}")
+        if self.time_grid not in ("paper", "skip_end"):
+            raise ValueError(f"time_grid must be 'paper' or 'skip_end', got {self.time_grid!r}")
         if self.train_source not in TRAIN_SOURCES:
             raise ValueError(f"train_source must be one of {TRAIN_SOURCES}, got {self.train_source!r}")
 
@@ -78,16 +81,17 @@ PRESETS = {
     "smoke": RunPreset("smoke", hidden_dim=32, num_layers=2, num_freqs=8, time_dim=16, epochs=3, batch_size=32,
                        n_train=256, n_val=64, n_test=8, sample_steps=20, sample_batch_size=64),
     "cpu": RunPreset("cpu", hidden_dim=128, num_layers=4, num_freqs=32, time_dim=64, epochs=100, batch_size=256,
-                     n_train=None, n_val=512, n_test=500, sample_steps=100, sample_batch_size=250),
+                     n_train=None, n_val=512, n_test=500, sample_steps=100, sample_batch_size=250,
+                     time_grid="skip_end"),
     # cpu-long: the cpu network trained longer and sampled on the whole test split (chapter 72, `ci/long_run.py`)
     "cpu-long": RunPreset("cpu-long", hidden_dim=128, num_layers=4, num_freqs=32, time_dim=64, epochs=500,
                           batch_size=256, n_train=None, n_val=512, n_test=None, sample_steps=100,
-                          sample_batch_size=250),
+                          sample_batch_size=250, time_grid="skip_end"),
     # cpu-large: the cpu network on the larger datasets (chapter 73, `ci/long_run.py`); trained on the val split
     # where the train split is not present (a declared substitute, labelled "trained on val" in every record)
     "cpu-large": RunPreset("cpu-large", hidden_dim=128, num_layers=4, num_freqs=32, time_dim=64, epochs=EPOCHS_LARGE,
                            batch_size=256, n_train=None, n_val=512, n_test=1000, sample_steps=100,
-                           sample_batch_size=250, train_source="auto"),
+                           sample_batch_size=250, train_source="auto", time_grid="skip_end"),
     "paper": RunPreset("paper", hidden_dim=512, num_layers=6, num_freqs=128, time_dim=256, epochs=3000,
                        batch_size=1024, n_train=None, n_val=None, n_test=None, sample_steps=1000),
 }
@@ -475,8 +479,11 @@ def sample_csp(
     **sampler,               # sampler options of the model (e.g. method="pc", grid="skip_end")
 ) -> list:                   # one Structure (or None) per test crystal
     "Sample one structure per test crystal in batches, with a seeded generator on the model's device."
+    import inspect
     from crystal_diffusion_book.data import collate
     kw = dict(sampler) if guidance_scale is None else {**sampler, "guidance_scale": float(guidance_scale)}
+    if run.time_grid != "paper" and "grid" not in kw and "grid" in inspect.signature(net.sample_tensors).parameters:
+        kw["grid"] = run.time_grid                                # the preset's grid, for the models that have one
     gen = torch.Generator(device=net.device).manual_seed(seed)    # on the model's device, as the trainer's sampling
     preds = []
     for i in range(0, len(test_data), run.sample_batch_size):
@@ -654,7 +661,7 @@ def run_csp(
                "match_rate_ungated": metric.match_rate_ungated,
                "rmse_ungated": None if math.isnan(metric.rmse_ungated) else metric.rmse_ungated,
                "n_invalid": metric.n_invalid, "volume_ratio": dict(metric.volume_ratio),
-               "n_degenerate": n_degenerate, "reasons": metric.reasons, "sample_steps": run.sample_steps,
+               "n_degenerate": n_degenerate, "reasons": metric.reasons, "sample_steps": run.sample_steps, "time_grid": run.time_grid,
                "load_seconds": load_seconds, "train_seconds": train_seconds, "sample_seconds": sample_seconds,
                "metric_seconds": metric_seconds, "environment": env, "out_dir": str(out), "figures": [],
                "prompt_fields": list(fields) if fields is not None else None,

@@ -1,6 +1,7 @@
 """The reproduction layer: presets, the published-numbers table, results rendering, prompts of the text models,
 and the smoke preset end to end through papermill for the four models (ci/reproduce.py), with the table of their
 rows beside the published numbers."""
+import functools
 import json
 import math
 import os
@@ -50,6 +51,29 @@ def test_presets_and_errors():
         rp.run_csp(model="tgdmat", guidance_scale=-1.0)
     with pytest.raises(ValueError, match="text_kind"):
         rp.run_csp(model="tgdmat", text_kind="medium")
+
+
+def test_preset_time_grid_reaches_the_samplers_that_have_one(monkeypatch):
+    "cpu presets sample DiffCSP/TGDMat on the skip_end grid (chapter 72); KLDM has no grid; paper keeps the reference's."
+    assert {n: p.time_grid for n, p in rp.PRESETS.items()} == {
+        "smoke": "paper", "cpu": "skip_end", "cpu-long": "skip_end", "cpu-large": "skip_end", "paper": "paper"}
+    with pytest.raises(ValueError, match="time_grid"):
+        rp.get_preset("cpu", time_grid="log")
+    from crystal_diffusion_book.data import load_dataset
+    crystals = load_dataset("perov_5", "val", limit=3, progress=False, n_jobs=1)
+    seen = {}
+    for name in ("diffcsp", "kldm"):
+        net = rp.build_model(name, rp.PRESETS["smoke"], train_data=crystals)
+        @functools.wraps(net.sample_tensors)                    # keeps the real signature, which sample_csp reads
+        def spy(spec, name=name, **kw):
+            seen[name] = kw.get("grid"); raise StopIteration   # stop before sampling: only the options matter here
+        monkeypatch.setattr(net, "sample_tensors", spy)
+        for run in (rp.get_preset("smoke", time_grid="skip_end"), rp.PRESETS["smoke"]):
+            with pytest.raises(StopIteration):
+                rp.sample_csp(net, crystals, run)
+            seen[name, run.time_grid] = seen.pop(name)
+    assert seen == {("diffcsp", "skip_end"): "skip_end", ("diffcsp", "paper"): None,
+                    ("kldm", "skip_end"): None, ("kldm", "paper"): None}
 
 
 def test_prompt_fields():

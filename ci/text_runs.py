@@ -1,0 +1,141 @@
+"""One text-model variant at a CSP preset: train it once (resuming the run folder), then sample the preset's seeded test
+crystals once per sampling seed (and, for a guided model, per guidance scale w) and score every sample with the columns a
+match rate hides (ungated twin, invalid count, predicted/true volume) and with the prompt's symmetry: the fraction of
+samples whose space group and crystal system, found by spglib at two tolerances, equal the ones the prompt states.
+
+    # chapter 61/62 (issue 17): TGDMat with all prompt fields, z-scored embeddings (the cpu preset's choice)
+    OMP_NUM_THREADS=1 python ci/text_runs.py --model tgdmat --run-dir runs/text/tgdmat-all --out runs/text/tgdmat-all.json
+    # no text, and without the structural fields (space group, crystal system)
+    ... --model tgdmat --fields none --run-dir runs/text/tgdmat-none --out runs/text/tgdmat-none.json
+    ... --model tgdmat --fields formation_energy,formula,elements --run-dir ... --out ...
+    # text-guided KLDM (condition dropout 0.1) and the guidance sweep
+    ... --model kldm-text --guidance 0 1 2 4 --run-dir runs/text/kldm-text-all --out runs/text/kldm-text-all.json
+
+`ci/collect_text.py` joins the variants' JSON into one committed record. One network per variant (training seed 0);
+the seeds are sampling seeds. Progress goes to stdout, one line per stage."""
+import argparse, json, sys, time
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from guidance_perov5 import binom, symmetry   # noqa: E402  (spglib symmetry of a structure; binomial SE)
+
+from crystal_diffusion_book.data import data_to_structure   # noqa: E402
+from crystal_diffusion_book.nfe import score_predictions   # noqa: E402
+from crystal_diffusion_book.reproduce import (TEXT_MODELS, _fmt, build_model, default_p_uncond, environment,   # noqa: E402
+                                              get_preset, load_csp_data, prompt_fields_for, resolve_train_source,
+                                              sample_csp, train_config)
+from crystal_diffusion_book.train import default_threads, train, validation_loss   # noqa: E402
+
+SYMPRECS = (0.1, 0.01)   # Å: a loose tolerance, and the one the prompts were written at (pymatgen's default)
+
+
+def log(*a):
+    print(time.strftime("%H:%M:%S"), *a, flush=True)
+
+
+def stated_symmetry(dataset: str, rows: list) -> tuple:
+    "The space groups and crystal systems the test prompts state (symprec 0.01, from the description cache)."
+    from crystal_diffusion_book.text import describe_split
+    df = describe_split(dataset, "test", long=False, progress=False, max_new=0).set_index("row")
+    missing = [r for r in rows if r not in df.index]
+    if missing: raise ValueError(f"test rows {missing[:5]} have no cached description; run a text model once first")
+    return [int(v) for v in df.loc[rows, "spacegroup"]], [str(v) for v in df.loc[rows, "crystal_system"]]
+
+
+def symmetry_agreement(preds, test_data, stated_sg, stated_cs) -> dict:
+    "Per tolerance: fractions (with binomial SE) of samples whose space group / crystal system equal the prompt's and the truth's."
+    out = {}
+    for sp in SYMPRECS:
+        sym = [symmetry(p, sp) for p in preds]
+        truth = [symmetry(data_to_structure(d), sp) for d in test_data]
+        n = len(preds)
+        row = {}
+        for name, hits in (("sg_prompt", [s[0] == t for s, t in zip(sym, stated_sg)]),
+                           ("cs_prompt", [s[1] == t for s, t in zip(sym, stated_cs)]),
+                           ("sg_truth", [s[0] is not None and s[0] == g[0] for s, g in zip(sym, truth)]),
+                           ("cs_truth", [s[1] is not None and s[1] == g[1] for s, g in zip(sym, truth)])):
+            row[name], row[name + "_se"] = binom(sum(hits), n)
+        row["sample_crystal_systems"] = dict(Counter(s[1] for s in sym))
+        out[str(sp)] = row
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", choices=TEXT_MODELS, required=True)
+    p.add_argument("--dataset", default="perov_5")
+    p.add_argument("--preset", default="cpu", help="the run's scale (reproduce.PRESETS)")
+    p.add_argument("--fields", default=None, help="prompt fields: comma-separated, 'none' (no text), default TGDMat's")
+    p.add_argument("--standardise", choices=("preset", "yes", "no"), default="preset",
+                   help="z-score the text embeddings with training statistics (default: the preset's choice)")
+    p.add_argument("--grid", choices=("preset", "paper", "skip_end"), default="preset",
+                   help="TGDMat's sampler time grid (default: the preset's; KLDM has none)")
+    p.add_argument("--p-uncond", type=float, default=None, help="condition dropout (default: the model's)")
+    p.add_argument("--guidance", type=float, nargs="+", default=[1.0], help="guidance scales w to sample at")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the preset's)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="sampling seeds")
+    p.add_argument("--n-test", type=int, default=None, help="test crystals (default: the preset's)")
+    p.add_argument("--run-dir", type=Path, required=True, help="the run folder (train/ inside is resumed)")
+    p.add_argument("--out", type=Path, required=True, help="JSON written after every sample")
+    a = p.parse_args(argv)
+    if a.epochs is not None and a.epochs < 1: p.error(f"--epochs must be positive, got {a.epochs}")
+    if any(w < 0 for w in a.guidance): p.error(f"--guidance scales must be >= 0, got {a.guidance}")
+    run = get_preset(a.preset, epochs=a.epochs, n_test=a.n_test)
+    if a.standardise != "preset": run = replace(run, text_standardise=a.standardise == "yes")
+    if a.grid != "preset": run = replace(run, time_grid=a.grid)
+    fields = prompt_fields_for(a.fields, a.dataset)
+    pu = default_p_uncond(a.model) if a.p_uncond is None else a.p_uncond
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(run.threads or default_threads())
+    source = resolve_train_source(a.dataset, run.train_source)
+    encoder = None
+    if fields:
+        from crystal_diffusion_book.text import TextEncoder
+        encoder = TextEncoder()
+    t0 = time.perf_counter()
+    train_data, val_data, test_data, test_idx = load_csp_data(a.dataset, replace(run, train_source=source), 0,
+                                                              fields or None, "short", encoder)
+    stated_sg, stated_cs = stated_symmetry(a.dataset, test_idx)
+    log(f"data: train {len(train_data)}, val {len(val_data)}, test {len(test_data)}; fields {list(fields) or 'none'}; "
+        f"standardise {run.text_standardise}; p_uncond {pu} ({time.perf_counter() - t0:.0f} s)")
+    torch.manual_seed(0)
+    net = build_model(a.model, run, a.dataset, train_data=train_data,
+                      text_dim=encoder.dim if encoder is not None else 0, p_uncond=pu)
+    t0 = time.perf_counter()
+    res = train(net, train_data, val_data, train_config(a.model, run, seed=0), out_dir=a.run_dir / "train", resume=True)
+    net.eval()
+    val = validation_loss(net, val_data, batch_size=256, seed=0)["loss"]
+    log(f"trained to epoch {res['epoch']} (this call {time.perf_counter() - t0:.0f} s); validation loss {val:.4f}")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from long_run import training_log
+    record = {"dataset": a.dataset, "model": a.model, "preset": run.name, "train_source": source,
+              "fields": list(fields), "text_standardise": bool(run.text_standardise) if fields else None,
+              "text_out_dim": run.text_out_dim, "p_uncond": pu, "epochs": int(res["epoch"]), "steps": int(res["step"]),
+              "n_params": sum(q.numel() for q in net.parameters()), "n_train": len(train_data), "n_val": len(val_data),
+              "n_test": len(test_data), "test_rows": test_idx, "sample_steps": run.sample_steps,
+              "time_grid": run.time_grid if a.model == "tgdmat" else None, "val_loss": val,
+              "prompt_spacegroups": dict(Counter(map(str, stated_sg))), "prompt_crystal_systems": dict(Counter(stated_cs)),
+              **training_log(a.run_dir / "train" / "epochs.csv"), "train_seed": 0, "environment": environment(),
+              "samples": []}
+    for w in a.guidance:
+        for seed in a.seeds:
+            t0 = time.perf_counter()
+            preds = sample_csp(net, test_data, run, seed=seed, guidance_scale=w if fields else None)
+            sec = time.perf_counter() - t0
+            row = {"guidance_scale": w, "seed": seed, **score_predictions(preds, test_data, sec),
+                   "symmetry": symmetry_agreement(preds, test_data, stated_sg, stated_cs)}
+            record["samples"].append(row)
+            a.out.write_text(json.dumps(record, indent=1, default=str))
+            sym = row["symmetry"]
+            log(f"w {w:g} seed {seed}: MR {100 * row['match_rate']:.2f}, ungated {100 * row['match_rate_ungated']:.2f}, "
+                f"RMSE {_fmt(row['rmse'], 4)}, invalid {row['n_invalid']}, V/V0 {_fmt(row['volume_ratio_median'], 3)}; "
+                + "; ".join(f"sg=prompt@{sp} {100 * sym[sp]['sg_prompt']:.1f}" for sp in sym) + f" ({sec:.0f} s)")
+        if not fields: break                      # guidance needs a condition: one pass for a model without text
+
+
+if __name__ == "__main__":
+    main()
