@@ -95,3 +95,29 @@ def test_training_log_adds_up_resumed_segments(tmp_path):
     log = long_run.training_log(tmp_path / "epochs.csv", marks=(1, 2))
     assert log["train_seconds"] == 31.0 and log["train_segments"] == 2
     assert log["lr_drops_at_epoch"] == [3] and log["val_loss_at_epoch"] == {"1": 1.0, "2": 0.9, "4": 0.7}
+
+
+def test_text_runs_end_to_end_and_collected(tmp_path, one_thread):
+    "ci/text_runs.py at the smoke preset (guidance 0 and 2, two seeds), then ci/collect_text.py: the record's summary."
+    import collect_text
+    import text_runs
+    out = tmp_path / "kldm-text.json"
+    text_runs.main(["--model", "kldm-text", "--preset", "smoke", "--guidance", "0", "2", "--seeds", "0", "1",
+                    "--run-dir", str(tmp_path / "k"), "--out", str(out)])
+    r = json.loads(out.read_text())
+    assert [(s["guidance_scale"], s["seed"]) for s in r["samples"]] == [(0.0, 0), (0.0, 1), (2.0, 0), (2.0, 1)]
+    assert r["fields"] == ["formula", "elements", "formation_energy", "spacegroup", "crystal_system"] and r["p_uncond"] == 0.1
+    sym = r["samples"][0]["symmetry"]
+    assert set(sym) == {"0.1", "0.01"} and all(0 <= sym[sp][k] <= 1 for sp in sym for k in collect_text.SYMMETRY_KEYS)
+    assert sum(r["prompt_crystal_systems"].values()) == r["n_test"] == 8
+    rec = collect_text.collect_text([out])
+    s = rec["variants"]["kldm-text"]["summary"]
+    assert set(s) == {"0", "2"} and s["2"]["match_rate"]["n_seeds"] == 2
+    mrs = [x["match_rate"] for x in r["samples"] if x["guidance_scale"] == 2.0]
+    assert s["2"]["match_rate"]["mean"] == pytest.approx(statistics.fmean(mrs), abs=1e-15)
+    assert s["0"]["sg_prompt@0.1"]["mean"] == pytest.approx(statistics.fmean(
+        x["symmetry"]["0.1"]["sg_prompt"] for x in r["samples"][:2]), abs=1e-15)
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**r, "test_rows": r["test_rows"][:-1]}))
+    with pytest.raises(ValueError, match="test rows differ"):
+        collect_text.collect_text([out, other])
