@@ -37,12 +37,12 @@ def log(*a):
     print(time.strftime("%H:%M:%S"), *a, flush=True)
 
 
-def stated_symmetry(dataset: str, rows: list) -> tuple:
-    "The space groups and crystal systems the test prompts state (symprec 0.01, from the description cache)."
-    from crystal_diffusion_book.text import describe_split
-    df = describe_split(dataset, "test", long=False, progress=False, max_new=0).set_index("row")
-    missing = [r for r in rows if r not in df.index]
-    if missing: raise ValueError(f"test rows {missing[:5]} have no cached description; run a text model once first")
+def stated_symmetry(dataset: str, rows: list, style: str = "ours") -> tuple:
+    "The space groups and crystal systems the test prompts state (symprec 0.01), describing any row not yet cached."
+    from crystal_diffusion_book.reproduce import text_rows
+    from crystal_diffusion_book.text import DATASET_FIELDS, TextEncoder, describe_split
+    text_rows(dataset, "test", rows, DATASET_FIELDS[dataset][0], "short", TextEncoder(), style=style)   # fills the cache
+    df = describe_split(dataset, "test", long=False, progress=False, max_new=0, style=style).set_index("row")
     return [int(v) for v in df.loc[rows, "spacegroup"]], [str(v) for v in df.loc[rows, "crystal_system"]]
 
 
@@ -72,6 +72,8 @@ def main(argv=None):
     p.add_argument("--fields", default=None, help="prompt fields: comma-separated, 'none' (no text), default TGDMat's")
     p.add_argument("--standardise", choices=("preset", "yes", "no"), default="preset",
                    help="z-score the text embeddings with training statistics (default: the preset's choice)")
+    p.add_argument("--prompt-style", choices=("ours", "tgdmat"), default="ours",
+                   help="the short prompt's wording: ours or TGDMat's code's (text.short_prompt)")
     p.add_argument("--grid", choices=("preset", "paper", "skip_end"), default="preset",
                    help="TGDMat's sampler time grid (default: the preset's; KLDM has none)")
     p.add_argument("--p-uncond", type=float, default=None, help="condition dropout (default: the model's)")
@@ -98,8 +100,8 @@ def main(argv=None):
         encoder = TextEncoder()
     t0 = time.perf_counter()
     train_data, val_data, test_data, test_idx = load_csp_data(a.dataset, replace(run, train_source=source), 0,
-                                                              fields or None, "short", encoder)
-    stated_sg, stated_cs = stated_symmetry(a.dataset, test_idx)
+                                                              fields or None, "short", encoder, style=a.prompt_style)
+    stated_sg, stated_cs = stated_symmetry(a.dataset, test_idx, a.prompt_style if fields else "ours")
     log(f"data: train {len(train_data)}, val {len(val_data)}, test {len(test_data)}; fields {list(fields) or 'none'}; "
         f"standardise {run.text_standardise}; p_uncond {pu} ({time.perf_counter() - t0:.0f} s)")
     torch.manual_seed(0)
@@ -113,7 +115,7 @@ def main(argv=None):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from long_run import training_log
     record = {"dataset": a.dataset, "model": a.model, "preset": run.name, "train_source": source,
-              "fields": list(fields), "text_standardise": bool(run.text_standardise) if fields else None,
+              "fields": list(fields), "prompt_style": a.prompt_style if fields else None, "text_standardise": bool(run.text_standardise) if fields else None,
               "text_out_dim": run.text_out_dim, "p_uncond": pu, "epochs": int(res["epoch"]), "steps": int(res["step"]),
               "n_params": sum(q.numel() for q in net.parameters()), "n_train": len(train_data), "n_val": len(val_data),
               "n_test": len(test_data), "test_rows": test_idx, "sample_steps": run.sample_steps,

@@ -305,7 +305,7 @@ def _cmd_train(a):
             from crystal_diffusion_book.text import TextEncoder
             encoder = TextEncoder()
         train, val, _, _ = rp.load_csp_data(a.dataset, replace(run, train_source=source), a.seed, fields, a.text_kind,
-                                            encoder, progress=not a.quiet, test=False)
+                                            encoder, progress=not a.quiet, test=False, style=a.prompt_style)
         text_dim = encoder.dim if encoder is not None else 0
         print(f"{a.dataset}: {len(train)} training and {len(val)} validation crystals ({time.perf_counter() - t0:.1f} s)"
               + ("; TRAINED ON VAL (the val split minus a held-out slice)"
@@ -327,7 +327,7 @@ def _cmd_train(a):
                 "epochs": int(res["epoch"]), "steps": int(res["step"]), "seconds": seconds, "resumed": bool(resume),
                 "resumed_from": str(resume) if a.resume_from else None,
                 "prompt_fields": list(fields) if fields is not None else None,
-                "text_kind": a.text_kind if is_text else None, "text_encoder": encoder.name if encoder else None,
+                "text_kind": a.text_kind if is_text else None, "prompt_style": a.prompt_style if fields else None, "text_encoder": encoder.name if encoder else None,
                 "text_dim": text_dim if is_text else None, "checkpoint": str(out / "model.pt")}
         (out / "run.json").write_text(json.dumps(info, indent=1))
     print(f"wrote {out / 'model.pt'}: steps {res['step']}, epochs {res['epoch']}, {seconds:.1f} s")
@@ -477,7 +477,7 @@ def _cmd_reproduce(a):
         params = dict(dataset=a.dataset, model=m, preset=a.preset, seed=a.seed, n_test=a.n_test, epochs=a.epochs,
                       sampler_steps=a.sampler_steps, train_source=a.train_source)
         if m in rp.TEXT_MODELS:
-            params.update(prompt_fields=a.prompt_fields, text_kind=a.text_kind, guidance_scale=a.guidance)
+            params.update(prompt_fields=a.prompt_fields, text_kind=a.text_kind, prompt_style=a.prompt_style, guidance_scale=a.guidance)
         try:
             res = dict(rp.run_csp(**params, out_dir=out / rid, progress=not a.quiet, log=print if not a.quiet else None))
             res["status"], res["error"] = "ok", None
@@ -554,6 +554,8 @@ def parser() -> argparse.ArgumentParser:  # the parser of every subcommand
                        "dataset; 'none': no text)")
         q.add_argument("--text-kind", default="short", choices=["short", "long"],
                        help="text models: TGDMat's short prompt or robocrys's long description (default short)")
+        q.add_argument("--prompt-style", default="ours", choices=["ours", "tgdmat"],
+                       help="text models: the short prompt's wording, ours or TGDMat's code's (default ours; chapter 61)")
 
     q = sub.add_parser("datasets", help="list the registered datasets and splits")
     q.add_argument("--check", action="store_true", help="also say which splits are available here, without downloading")

@@ -401,6 +401,7 @@ def text_rows(
     data=None,             # the split's crystals if already loaded (default: loaded here)
     seed: int = 0,         # shuffle seed of the prompts (0: the cache's default)
     progress: bool = False,  # progress bars
+    style: str = "ours",     # short-prompt wording: "ours" or "tgdmat" (`text.short_prompt`)
 ) -> tuple:                # (list of the rows' Data with text_emb (1, d) and text, list of their prompts)
     "Prompts and embeddings of some rows of a split, through the same description cache as `text.describe_split`."
     from crystal_diffusion_book import data as cdb_data, text
@@ -409,7 +410,7 @@ def text_rows(
     rows = [int(i) for i in rows]
     if not rows or min(rows) < 0 or max(rows) >= len(ds): raise ValueError(f"rows must lie in 0..{len(ds) - 1}")
     long = kind == "long"
-    cached = text.describe_split(dataset, split, fields=fields, long=long, seed=seed, progress=False, max_new=0)
+    cached = text.describe_split(dataset, split, fields=fields, long=long, seed=seed, progress=False, max_new=0, style=style)
     prop_cols = text.DATASET_FIELDS[dataset][1]
 
     class _Structures:   # the split's structures, built only for the rows still to describe
@@ -418,7 +419,7 @@ def text_rows(
     props = [{f: float(getattr(d, col).reshape(-1)[0]) for f, col in prop_cols.items() if f in fields} for d in ds]
     ids = [str(getattr(d, "material_id", i)) for i, d in enumerate(ds)]
     df = text.describe_structures(_Structures(), props, fields, ids, cache_path=cached.attrs["cache_path"], seed=seed,
-                                  long=long, progress=progress, rows=rows).set_index("row")
+                                  long=long, progress=progress, rows=rows, style=style).set_index("row")
     texts = [str(t) for t in df.loc[rows, "text" if long else "short"]]
     emb = text.embed_texts(texts, encoder, cache_dir=cdb_data.default_cache_dir() / "text" / "embeddings")
     return text.attach_text_embeddings([ds[i] for i in rows], emb, texts), texts
@@ -433,6 +434,7 @@ def load_csp_data(
     encoder=None,            # a `text.TextEncoder` (needed when fields is given)
     progress: bool = False,  # progress bars
     test: bool = True,       # also load the test subset (False: training only, test and rows are empty)
+    style: str = "ours",     # short-prompt wording: "ours" or "tgdmat" (`text.short_prompt`)
 ) -> tuple:                  # (train, val, test lists of Data, test row numbers)
     "The three splits of a run (training on the val substitute where `run.train_source` says so); with prompt fields, every crystal carries its prompt's embedding as `text_emb`."
     from crystal_diffusion_book.data import load_dataset
@@ -442,7 +444,7 @@ def load_csp_data(
     if fields:
         from crystal_diffusion_book.text import text_dataset
         if encoder is None: raise ValueError("encoder is needed when prompt fields are given")
-        kw = dict(fields=fields, kind=kind, encoder=encoder, seed=0, progress=progress)
+        kw = dict(fields=fields, kind=kind, encoder=encoder, seed=0, progress=progress, style=style)
     if source == "val":       # the declared substitute: the val split, a held-out slice of it for validation
         val_all = text_dataset(dataset, "val", **kw)[0] if fields else load_dataset(dataset, "val", progress=progress)
         train, val = val_substitute(val_all, run.n_val, run.n_train)
@@ -454,7 +456,7 @@ def load_csp_data(
         train, _ = text_dataset(dataset, "train", limit=run.n_train, **kw)
         val, _ = text_dataset(dataset, "val", limit=run.n_val, **kw)
     if not fields: return train, val, [test_all[i] for i in idx], idx
-    tst = text_rows(dataset, "test", idx, fields, kind, encoder, data=test_all, progress=progress)[0] if test else []
+    tst = text_rows(dataset, "test", idx, fields, kind, encoder, data=test_all, progress=progress, style=style)[0] if test else []
     return train, val, tst, idx
 
 # %% ../nbs/70_reproduce_csp.ipynb #40de9e8a
@@ -561,6 +563,7 @@ def run_csp(
     t_f: float = 2.0,                # KLDM, kldm-text: horizon of the kinetic process
     prompt_fields=None,              # text models: None (TGDMat's fields), a list or comma string, or "none" (no text)
     text_kind: str = "short",        # text models: "short" or "long" prompts
+    prompt_style: str = "ours",      # text models: short-prompt wording, "ours" or "tgdmat" (`text.short_prompt`)
     guidance_scale: float = 1.0,     # text models: classifier-free guidance scale w
     p_uncond: float | None = None,   # text models: condition dropout (None: 0 for tgdmat, 0.1 for kldm-text)
     train_source: str | None = None, # "train", "val" (the substitute) or "auto" (None: the preset's)
@@ -579,6 +582,7 @@ def run_csp(
     log = log or (lambda *a, **k: None)
     if model not in MODELS: raise ValueError(f"model must be one of {MODELS}, got {model!r}")
     if text_kind not in ("short", "long"): raise ValueError(f"text_kind must be 'short' or 'long', got {text_kind!r}")
+    if prompt_style not in ("ours", "tgdmat"): raise ValueError(f"prompt_style must be 'ours' or 'tgdmat', got {prompt_style!r}")
     if not (isinstance(guidance_scale, (int, float)) and math.isfinite(guidance_scale) and guidance_scale >= 0):
         raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
     is_text = model in TEXT_MODELS
@@ -600,7 +604,7 @@ def run_csp(
         encoder = TextEncoder()
     train_source = resolve_train_source(dataset, run.train_source)     # once: "auto" looks in the cache and mirror
     train_data, val_data, test_data, test_idx = load_csp_data(dataset, replace(run, train_source=train_source), seed,
-                                                              fields, text_kind, encoder, progress)
+                                                              fields, text_kind, encoder, progress, style=prompt_style)
     load_seconds = time.perf_counter() - t0
     text_dim = encoder.dim if encoder is not None else 0
     log(f"train {len(train_data)}, val {len(val_data)}, test {len(test_data)} ({load_seconds:.1f} s)"
@@ -665,7 +669,7 @@ def run_csp(
                "load_seconds": load_seconds, "train_seconds": train_seconds, "sample_seconds": sample_seconds,
                "metric_seconds": metric_seconds, "environment": env, "out_dir": str(out), "figures": [],
                "prompt_fields": list(fields) if fields is not None else None,
-               "text_kind": text_kind if is_text else None, "text_encoder": encoder.name if encoder is not None else None,
+               "text_kind": text_kind if is_text else None, "prompt_style": prompt_style if fields else None, "text_encoder": encoder.name if encoder is not None else None,
                "text_dim": text_dim if is_text else None, "guidance_scale": float(guidance_scale) if is_text else None,
                "p_uncond": pu, "test_rows": test_idx, "n_same_composition": n_same,
                "predictions_dir": str(pred_dir), "checkpoint": str(out / "train" / "model.pt")}
