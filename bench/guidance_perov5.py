@@ -8,7 +8,7 @@ fraction of samples whose space group / crystal system equals the one the prompt
 plus the match rate (`metrics.csp_metrics`, protocol diffcsp). Prints a Markdown table and writes
 runs/guidance/results.json and runs/guidance/per_crystal.csv.
 
-    OMP_NUM_THREADS=1 CDB_DATA_MIRROR=/work/shared/data .venv/bin/python bench/guidance_perov5.py
+    OMP_NUM_THREADS=1 CDB_DATA_MIRROR=../shared/data .venv/bin/python bench/guidance_perov5.py
 
 A rerun resumes training from runs/guidance/train/last.pt (a finished run is not retrained).
 """
@@ -29,20 +29,14 @@ import torch
 
 def symmetry(structure, symprec):
     "(space group number, crystal system) of a structure at tolerance `symprec` Å; (None, None) if spglib fails."
-    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
-    if structure is None:
-        return None, None
-    try:
-        sga = SpacegroupAnalyzer(structure, symprec=symprec)
-        return int(sga.get_space_group_number()), sga.get_crystal_system()
-    except Exception:  # spglib gives up on badly distorted cells: counted as "does not match"
-        return None, None
+    from crystal_diffusion_book.text_experiments import symmetry_of
+    return symmetry_of(structure, symprec)
 
 
 def binom(k, n):
     "Fraction and its binomial standard error."
-    p = k / n
-    return p, math.sqrt(p * (1 - p) / n)
+    from crystal_diffusion_book.text_experiments import binomial_se
+    return binomial_se(k, n)
 
 
 def pattern(d):

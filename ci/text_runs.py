@@ -20,48 +20,17 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from guidance_perov5 import binom, symmetry   # noqa: E402  (spglib symmetry of a structure; binomial SE)
-
-from crystal_diffusion_book.data import data_to_structure   # noqa: E402
-from crystal_diffusion_book.nfe import score_predictions   # noqa: E402
-from crystal_diffusion_book.reproduce import (TEXT_MODELS, _fmt, build_model, default_p_uncond, environment,   # noqa: E402
+from crystal_diffusion_book.data import data_to_structure
+from crystal_diffusion_book.nfe import score_predictions
+from crystal_diffusion_book.reproduce import (TEXT_MODELS, _fmt, build_model, default_p_uncond, environment,
                                               get_preset, load_csp_data, prompt_fields_for, resolve_train_source,
                                               sample_csp, train_config)
-from crystal_diffusion_book.train import default_threads, train, validation_loss   # noqa: E402
-
-SYMPRECS = (0.1, 0.01)   # Å: a loose tolerance, and the one the prompts were written at (pymatgen's default)
+from crystal_diffusion_book.text_experiments import stated_symmetry, symmetry_agreement
+from crystal_diffusion_book.train import default_threads, train, validation_loss
 
 
 def log(*a):
     print(time.strftime("%H:%M:%S"), *a, flush=True)
-
-
-def stated_symmetry(dataset: str, rows: list, style: str = "ours") -> tuple:
-    "The space groups and crystal systems the test prompts state (symprec 0.01), describing any row not yet cached."
-    from crystal_diffusion_book.reproduce import text_rows
-    from crystal_diffusion_book.text import DATASET_FIELDS, TextEncoder, describe_split
-    text_rows(dataset, "test", rows, DATASET_FIELDS[dataset][0], "short", TextEncoder(), style=style)   # fills the cache
-    df = describe_split(dataset, "test", long=False, progress=False, max_new=0, style=style).set_index("row")
-    return [int(v) for v in df.loc[rows, "spacegroup"]], [str(v) for v in df.loc[rows, "crystal_system"]]
-
-
-def symmetry_agreement(preds, test_data, stated_sg, stated_cs) -> dict:
-    "Per tolerance: fractions (with binomial SE) of samples whose space group / crystal system equal the prompt's and the truth's."
-    out = {}
-    for sp in SYMPRECS:
-        sym = [symmetry(p, sp) for p in preds]
-        truth = [symmetry(data_to_structure(d), sp) for d in test_data]
-        n = len(preds)
-        row = {}
-        for name, hits in (("sg_prompt", [s[0] == t for s, t in zip(sym, stated_sg)]),
-                           ("cs_prompt", [s[1] == t for s, t in zip(sym, stated_cs)]),
-                           ("sg_truth", [s[0] is not None and s[0] == g[0] for s, g in zip(sym, truth)]),
-                           ("cs_truth", [s[1] is not None and s[1] == g[1] for s, g in zip(sym, truth)])):
-            row[name], row[name + "_se"] = binom(sum(hits), n)
-        row["sample_crystal_systems"] = dict(Counter(s[1] for s in sym))
-        out[str(sp)] = row
-    return out
 
 
 def main(argv=None):
@@ -102,6 +71,7 @@ def main(argv=None):
     train_data, val_data, test_data, test_idx = load_csp_data(a.dataset, replace(run, train_source=source), 0,
                                                               fields or None, "short", encoder, style=a.prompt_style)
     stated_sg, stated_cs = stated_symmetry(a.dataset, test_idx, a.prompt_style if fields else "ours")
+    truths = [data_to_structure(d) for d in test_data]
     log(f"data: train {len(train_data)}, val {len(val_data)}, test {len(test_data)}; fields {list(fields) or 'none'}; "
         f"standardise {run.text_standardise}; p_uncond {pu} ({time.perf_counter() - t0:.0f} s)")
     torch.manual_seed(0)
@@ -129,7 +99,7 @@ def main(argv=None):
             preds = sample_csp(net, test_data, run, seed=seed, guidance_scale=w if fields else None)
             sec = time.perf_counter() - t0
             row = {"guidance_scale": w, "seed": seed, **score_predictions(preds, test_data, sec),
-                   "symmetry": symmetry_agreement(preds, test_data, stated_sg, stated_cs)}
+                   "symmetry": symmetry_agreement(preds, truths, stated_sg, stated_cs)}
             record["samples"].append(row)
             a.out.write_text(json.dumps(record, indent=1, default=str))
             sym = row["symmetry"]
