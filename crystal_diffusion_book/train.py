@@ -648,27 +648,76 @@ def train(
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(determ)
 
-# %% ../nbs/50_train.ipynb #ae0aae8f
-def _train(model, train_data, val_data, cfg: TrainConfig, out_dir, resume) -> dict:
-    "The training loop of `train`, with the arguments `train` documents and its checked config."
+# %% ../nbs/50_train.ipynb #tr01aaaaaa
+@dataclass
+class _Run:
+    "What the stages of one training run share: what it trains with, and where it stands."
+    model: CrystalModel             # the model (its weights are trained in place)
+    opt: torch.optim.Optimizer      # the optimiser
+    sched: object                   # the LR scheduler, or None
+    ema: object                     # the weight EMA, or None
+    cfg: TrainConfig                # the run's settings
+    device: torch.device            # where it computes
+    out: Path                       # the run folder
+    rank: int                       # this process (0: the one that writes)
+    world: int                      # processes in the run
+    created_group: bool             # this run created the process group (and destroys it at the end)
+    epoch: int = 0                  # current epoch (0-based)
+    start_batch: int = 0            # batch of the current epoch to start from (a resumed run)
+    step: int = 0                   # optimiser steps taken
+    sums: dict = field(default_factory=lambda: {"loss": 0.0, "n": 0})   # the current epoch's loss sum and steps
+    resumed: bool = False           # started from a checkpoint
+    net: nn.Module | None = None    # LossModule (DDP-wrapped across processes), from `_make_batches`
+    sampler: object = None          # EpochBatchSampler
+    loader: object = None           # iterates the current epoch's batches
+    val_data: object = None         # validation crystals (flat where possible) or None
+    batching: str = "flat"          # "flat" or "pyg", as the data allowed
+    n_per_epoch: int = 0            # batches per epoch
+    params: list = field(default_factory=list)   # the trainable parameters
+    steps_log: object = None        # CSVLog of steps.csv (rank 0)
+    epochs_log: object = None       # CSVLog of epochs.csv (rank 0)
+    tb: object = None               # TensorBoard writer, or None
+
+    @property
+    def main(self): return self.rank == 0
+    @property
+    def last_ck(self): return self.out / "last.pt"
+
+# %% ../nbs/50_train.ipynb #tr02aaaaaa
+@patch
+def checkpoint(self: _Run, epoch: int, batch_in_epoch: int):
+    "Save last.pt: every process hands in its RNG state (a collective), the first one writes."
+    rngs = _gather_rng(self.world)
+    if self.main:
+        save_checkpoint(_checkpoint_state(self.model, self.opt, self.sched, self.ema, epoch, batch_in_epoch, self.step,
+                                          self.cfg, self.sums, rngs, self.world), self.last_ck)
+
+@patch
+def done(self: _Run) -> bool:
+    "The run has reached its step limit or its last epoch."
+    c = self.cfg
+    return (c.max_steps is not None and self.step >= c.max_steps) or (c.epochs is not None and self.epoch >= c.epochs)
+
+# %% ../nbs/50_train.ipynb #tr03aaaaaa
+def _setup(model, train_data, cfg: TrainConfig, out_dir) -> _Run:
+    "Checks, the data's statistics, process group, device, compilation, optimiser, scheduler and EMA."
     if not isinstance(model, CrystalModel): raise ValueError(f"model must be a CrystalModel, got {type(model).__name__}")
     if len(train_data) == 0: raise ValueError("train_data must hold at least one crystal")
     if not model.data_fitted:            # e.g. KLDM's lattice statistics: every process fits the same ones
         model.fit_data(train_data)       # from the same crystals, before the first step
-    out = Path(out_dir)
     created_group = init_distributed()
     rank, world, local_rank = dist_info()
-    main = rank == 0
     device = pick_device(cfg.device, local_rank)
     model.to(device).train()
     if cfg.compile: _compile_layers(model)
     opt = _make_optimizer(model, cfg)
-    sched = _make_scheduler(opt, cfg)
-    ema = EMA(model, cfg.ema_decay) if cfg.ema_decay is not None else None
+    return _Run(model, opt, _make_scheduler(opt, cfg), EMA(model, cfg.ema_decay) if cfg.ema_decay is not None else None,
+                cfg, device, Path(out_dir), rank, world, created_group)
 
-    # ---- start or resume ---------------------------------------------------------------------------------------
-    epoch, start_batch, step, sums = 0, 0, 0, {"loss": 0.0, "n": 0}
-    ck_path = None
+# %% ../nbs/50_train.ipynb #tr04aaaaaa
+def _resume(run: _Run, resume):
+    "Continue from last.pt (prev.pt after a torn save) or a given checkpoint, or seed a fresh run."
+    out, ck_path, model = run.out, None, run.model
     if resume:
         ck_path = out / "last.pt" if resume is True else Path(resume)
         if resume is True and not ck_path.exists() and (out / "prev.pt").exists():
@@ -676,150 +725,165 @@ def _train(model, train_data, val_data, cfg: TrainConfig, out_dir, resume) -> di
             ck_path = out / "prev.pt"
         if resume is True and not ck_path.exists():
             ck_path = None                      # nothing to resume: a fresh run
-    if ck_path is not None:
-        ck = load_checkpoint(ck_path, map_location="cpu")   # RNG states must stay CPU tensors; the rest is copied over
-        if ck["model"]["class"] != type(model).__name__:
-            raise ValueError(f"checkpoint {ck_path} holds a {ck['model']['class']}, the model is a {type(model).__name__}")
-        model.load_state_dict(ck["model"]["state_dict"])
-        opt.load_state_dict(ck["optimizer"])
-        if sched is not None and ck["scheduler"] is not None: sched.load_state_dict(ck["scheduler"])
-        if ema is not None and ck["ema"] is not None: ema.load_state_dict(ck["ema"])
-        epoch, start_batch, step = int(ck["epoch"]), int(ck["batch_in_epoch"]), int(ck["step"])
-        sums = dict(ck.get("epoch_sums") or sums)
-        rngs = ck["rng"]
-        if len(rngs) == world: set_rng_state(rngs[rank])
-        else:
-            warnings.warn(f"checkpoint was written by {len(rngs)} process(es), this run has {world}: random streams reseeded")
-            seed_everything(cfg.seed + 7919 * rank + step)
-        del ck
+    if ck_path is None:
+        seed_everything(run.cfg.seed + 7919 * run.rank)   # each process its own noise; DDP broadcasts rank 0's weights
+        return
+    ck = load_checkpoint(ck_path, map_location="cpu")     # RNG states must stay CPU tensors; the rest is copied over
+    if ck["model"]["class"] != type(model).__name__:
+        raise ValueError(f"checkpoint {ck_path} holds a {ck['model']['class']}, the model is a {type(model).__name__}")
+    model.load_state_dict(ck["model"]["state_dict"])
+    run.opt.load_state_dict(ck["optimizer"])
+    if run.sched is not None and ck["scheduler"] is not None: run.sched.load_state_dict(ck["scheduler"])
+    if run.ema is not None and ck["ema"] is not None: run.ema.load_state_dict(ck["ema"])
+    run.epoch, run.start_batch, run.step = int(ck["epoch"]), int(ck["batch_in_epoch"]), int(ck["step"])
+    run.sums, run.resumed = dict(ck.get("epoch_sums") or run.sums), True
+    rngs = ck["rng"]
+    if len(rngs) == run.world: set_rng_state(rngs[run.rank])
     else:
-        seed_everything(cfg.seed + 7919 * rank)  # each process its own noise; DDP broadcasts rank 0's weights
+        warnings.warn(f"checkpoint was written by {len(rngs)} process(es), this run has {run.world}: random streams reseeded")
+        seed_everything(run.cfg.seed + 7919 * run.rank + run.step)
 
-    if main: out.mkdir(parents=True, exist_ok=True)
-    truncate = step if ck_path is not None else None
-    if main and ck_path is None:               # a fresh run starts fresh logs
+# %% ../nbs/50_train.ipynb #tr05aaaaaa
+def _open_logs(run: _Run):
+    "The run folder, its CSV logs (a fresh run starts them afresh, a resumed one drops rows past its step), TensorBoard."
+    if run.main: run.out.mkdir(parents=True, exist_ok=True)
+    truncate = run.step if run.resumed else None
+    if run.main and not run.resumed:
         for name in ("steps.csv", "epochs.csv"):
-            if (out / name).exists(): (out / name).unlink()
-    steps_log = CSVLog(out / "steps.csv", truncate_after_step=truncate) if main else None
-    epochs_log = CSVLog(out / "epochs.csv", EPOCH_COLUMNS, truncate_after_step=truncate) if main else None
-    tb = _tensorboard(out, cfg.tensorboard and main)
+            if (run.out / name).exists(): (run.out / name).unlink()
+    run.steps_log = CSVLog(run.out / "steps.csv", truncate_after_step=truncate) if run.main else None
+    run.epochs_log = CSVLog(run.out / "epochs.csv", EPOCH_COLUMNS, truncate_after_step=truncate) if run.main else None
+    run.tb = _tensorboard(run.out, run.cfg.tensorboard and run.main)
 
-    net = LossModule(model)
-    if world > 1:
-        net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
-                                                  broadcast_buffers=False)
-    sampler = EpochBatchSampler(len(train_data), cfg.batch_size, cfg.seed, rank, world, cfg.drop_last)
-    # the loader's own generator: iterating a DataLoader draws a seed, which must not come from the global stream
-    # (a resumed epoch would otherwise draw it at a different point than the uninterrupted run did)
-    batching = cfg.batching
-    if batching == "flat":                # the splits as flat tensors, once per run (same batches as PyG's collation)
+# %% ../nbs/50_train.ipynb #tr06aaaaaa
+def _make_batches(run: _Run, train_data, val_data):
+    "The loss module (DDP across processes), the epoch sampler and the loader: flat gathers where the data allow."
+    cfg, model = run.cfg, run.model
+    run.net = LossModule(model)
+    if run.world > 1:
+        run.net = nn.parallel.DistributedDataParallel(run.net, device_ids=[run.device.index] if run.device.type == "cuda" else None,
+                                                      broadcast_buffers=False)
+    run.sampler = EpochBatchSampler(len(train_data), cfg.batch_size, cfg.seed, run.rank, run.world, cfg.drop_last)
+    run.batching = cfg.batching
+    if run.batching == "flat":            # the splits as flat tensors, once per run (same batches as PyG's collation)
         try: train_data, val_data = FlatCrystals(train_data), (FlatCrystals(val_data) if val_data is not None else None)
         except ValueError as e:
             warnings.warn(f"batching='flat' is not possible for this data ({e}); collating every batch instead")
-            batching = "pyg"
-    if batching == "flat": loader = _FlatLoader(train_data, sampler, _self_loops(model))
-    else: loader = make_loader(train_data, sampler=sampler, self_loops=_self_loops(model),
-                               generator=torch.Generator().manual_seed(cfg.seed))
-    params = [p for p in model.parameters() if p.requires_grad]
-    n_per_epoch = len(sampler.global_batches(0))
-    total = None
-    if cfg.epochs is not None: total = cfg.epochs * n_per_epoch
-    if cfg.max_steps is not None: total = cfg.max_steps if total is None else min(total, cfg.max_steps)
+            run.batching = "pyg"
+    if run.batching == "flat": run.loader = _FlatLoader(train_data, run.sampler, _self_loops(model))
+    else:   # the loader's own generator: a resumed epoch must not draw its seed from the global stream
+        run.loader = make_loader(train_data, sampler=run.sampler, self_loops=_self_loops(model),
+                                 generator=torch.Generator().manual_seed(cfg.seed))
+    run.val_data, run.n_per_epoch = val_data, len(run.sampler.global_batches(0))
+    run.params = [p for p in model.parameters() if p.requires_grad]
+
+# %% ../nbs/50_train.ipynb #tr07aaaaaa
+def _train_step(run: _Run, batch, b: int, bar):
+    "One optimiser step on batch `b` of the epoch: loss, gradients (norm logged, clipped), update, EMA, the log row."
+    cfg, t0 = run.cfg, time.perf_counter()
+    batch = batch.to(run.device)
+    with _autocast(run.device, cfg):
+        terms = run.net(batch)
+    loss = terms["loss"]
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss is {float(loss)} at step {run.step} (epoch {run.epoch}, batch {b})")
+    params = run.params
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    gnorm = _grad_norm(params)
+    if cfg.grad_clip is not None:
+        if cfg.grad_clip_mode == "value": nn.utils.clip_grad_value_(params, cfg.grad_clip)
+        else: nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    run.opt.step()
+    if run.ema is not None and run.epoch > cfg.ema_start_epoch: run.ema.update(run.model)
+    run.step += 1
+    names = list(terms)
+    vals = torch.stack([terms[k].detach().double().reshape(()) for k in names])
+    if run.world > 1:
+        dist.all_reduce(vals); vals /= run.world
+    vals = dict(zip(names, vals.tolist()))
+    run.sums["loss"] += vals["loss"]; run.sums["n"] += 1
+    if run.main and run.step % cfg.log_every == 0:
+        n_cr = int(batch.num_atoms.numel()) * run.world
+        row = {"step": run.step, "epoch": run.epoch, "lr": run.opt.param_groups[0]["lr"], **vals,
+               "grad_norm": gnorm, "crystals_per_s": n_cr / max(time.perf_counter() - t0, 1e-12)}
+        run.steps_log.write(row)
+        if run.tb is not None:
+            for k, v in row.items():
+                if k not in ("step", "epoch"): run.tb.add_scalar(f"train/{k}", v, run.step)
+    bar.update(1)
+    if run.main: bar.set_postfix(epoch=run.epoch, loss=f"{vals['loss']:.4g}")
+
+# %% ../nbs/50_train.ipynb #tr08aaaaaa
+def _end_epoch(run: _Run, t_start: float):
+    "The epoch's row: mean loss, validation loss and match rate when due, the LR schedule's step; then the next epoch."
+    cfg, row = run.cfg, {"epoch": run.epoch, "step": run.step, "lr": run.opt.param_groups[0]["lr"],
+                         "train_loss": run.sums["loss"] / max(run.sums["n"], 1), "seconds": time.perf_counter() - t_start}
+    val_loss, due = None, lambda every: every and (run.epoch + 1) % every == 0
+    if run.val_data is not None and due(cfg.val_every):
+        v = torch.zeros((), dtype=torch.float64)
+        if run.main:
+            v += validation_loss(run.model, run.val_data, cfg.val_batch_size or cfg.batch_size, seed=cfg.seed,
+                                 device=run.device, batching=run.batching)["loss"]
+        if run.world > 1: dist.broadcast(v, 0)
+        val_loss = row["val_loss"] = float(v)
+    if run.main and run.val_data is not None and due(cfg.sample_every):
+        ema_on = run.ema is not None and run.epoch > cfg.ema_start_epoch
+        with (run.ema.swapped(run.model) if ema_on else nullcontext()), \
+             torch.random.fork_rng(devices=[run.device.index] if run.device.type == "cuda" else []):
+            row.update(match_rate_validation(run.model, run.val_data, cfg.sample_n, cfg.seed, cfg.sample_steps,
+                                             cfg.sample_method, cfg.sample_batch_size, cfg.match_protocol,
+                                             cfg.match_procs, run.batching))
+    if run.sched is not None:
+        monitored = row["train_loss"] if (cfg.plateau_monitor == "train_loss" or run.val_data is None) else val_loss
+        if monitored is not None: run.sched.step(monitored)
+    if run.main:
+        run.epochs_log.write(row)
+        if run.tb is not None:
+            for k in ("train_loss", "val_loss", "match_rate", "rmse", "lr"):
+                if row.get(k) is not None: run.tb.add_scalar(f"epoch/{k}", row[k], run.epoch)
+    run.epoch, run.start_batch, run.sums = run.epoch + 1, 0, {"loss": 0.0, "n": 0}
+
+# %% ../nbs/50_train.ipynb #tr09aaaaaa
+def _finish(run: _Run, t_start: float) -> dict:
+    "Close the logs, save the final weights (and the EMA's), leave the process group; what `train` returns."
+    if run.tb is not None: run.tb.close()
+    if run.main:
+        run.model.save(run.out / "model.pt")
+        if run.ema is not None and run.ema.n_updates:
+            with run.ema.swapped(run.model): run.model.save(run.out / "model_ema.pt")
+    if run.world > 1: dist.barrier()
+    if run.created_group: dist.destroy_process_group()
+    return {"out_dir": run.out, "step": run.step, "epoch": run.epoch, "last_checkpoint": run.last_ck,
+            "steps_csv": run.out / "steps.csv", "epochs_csv": run.out / "epochs.csv", "seconds": time.perf_counter() - t_start}
+
+# %% ../nbs/50_train.ipynb #tr10aaaaaa
+def _train(model, train_data, val_data, cfg: TrainConfig, out_dir, resume) -> dict:
+    "The training loop of `train`, with the arguments `train` documents and its checked config."
     from tqdm.auto import tqdm
-    bar = tqdm(total=total, initial=step, disable=not (cfg.progress and main), desc="train", dynamic_ncols=True)
-    last_ck = out / "last.pt"
-
-    def checkpoint(ep, b):
-        rngs = _gather_rng(world)             # collective: every rank calls it
-        if main:
-            save_checkpoint(_checkpoint_state(model, opt, sched, ema, ep, b, step, cfg, sums, rngs, world), last_ck)
-
-    def done():
-        return (cfg.max_steps is not None and step >= cfg.max_steps) or (cfg.epochs is not None and epoch >= cfg.epochs)
-
-    t_start, stop = time.perf_counter(), done()
+    run = _setup(model, train_data, cfg, out_dir)
+    _resume(run, resume)
+    _open_logs(run)
+    _make_batches(run, train_data, val_data)
+    total = None
+    if cfg.epochs is not None: total = cfg.epochs * run.n_per_epoch
+    if cfg.max_steps is not None: total = cfg.max_steps if total is None else min(total, cfg.max_steps)
+    bar = tqdm(total=total, initial=run.step, disable=not (cfg.progress and run.main), desc="train", dynamic_ncols=True)
+    t_start, stop = time.perf_counter(), run.done()
     while not stop:
-        sampler.set_epoch(epoch, start_batch)
-        b = start_batch
-        for batch in loader:
-            t0 = time.perf_counter()
-            batch = batch.to(device)
-            with _autocast(device, cfg):
-                terms = net(batch)
-            loss = terms["loss"]
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {float(loss)} at step {step} (epoch {epoch}, batch {b})")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            gnorm = _grad_norm(params)
-            if cfg.grad_clip is not None:
-                if cfg.grad_clip_mode == "value": nn.utils.clip_grad_value_(params, cfg.grad_clip)
-                else: nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            if ema is not None and epoch > cfg.ema_start_epoch:
-                ema.update(model)
-            step, b = step + 1, b + 1
-            names = list(terms)
-            vals = torch.stack([terms[k].detach().double().reshape(()) for k in names])
-            if world > 1:
-                dist.all_reduce(vals); vals /= world
-            vals = vals.tolist()
-            sums["loss"] += vals[names.index("loss")]; sums["n"] += 1
-            if main and step % cfg.log_every == 0:
-                n_cr = int(batch.num_atoms.numel()) * world
-                row = {"step": step, "epoch": epoch, "lr": opt.param_groups[0]["lr"], **dict(zip(names, vals)),
-                       "grad_norm": gnorm, "crystals_per_s": n_cr / max(time.perf_counter() - t0, 1e-12)}
-                steps_log.write(row)
-                if tb is not None:
-                    for k, v in row.items():
-                        if k not in ("step", "epoch"): tb.add_scalar(f"train/{k}", v, step)
-            bar.update(1)
-            if main: bar.set_postfix(epoch=epoch, loss=f"{vals[names.index('loss')]:.4g}")
-            if cfg.ckpt_every_steps and step % cfg.ckpt_every_steps == 0 and b < n_per_epoch:
-                checkpoint(epoch, b)
-            if cfg.max_steps is not None and step >= cfg.max_steps:
-                break
-        epoch_finished = b >= n_per_epoch
-        if not epoch_finished:               # stopped by max_steps inside an epoch
-            checkpoint(epoch, b)
+        run.sampler.set_epoch(run.epoch, run.start_batch)
+        b = run.start_batch
+        for batch in run.loader:
+            _train_step(run, batch, b, bar)
+            b += 1
+            if cfg.ckpt_every_steps and run.step % cfg.ckpt_every_steps == 0 and b < run.n_per_epoch:
+                run.checkpoint(run.epoch, b)
+            if cfg.max_steps is not None and run.step >= cfg.max_steps: break
+        if b < run.n_per_epoch:               # stopped by max_steps inside an epoch
+            run.checkpoint(run.epoch, b)
             break
-        # ---- end of epoch -------------------------------------------------------------------------------------
-        row = {"epoch": epoch, "step": step, "lr": opt.param_groups[0]["lr"],
-               "train_loss": sums["loss"] / max(sums["n"], 1), "seconds": time.perf_counter() - t_start}
-        val_loss = None
-        if val_data is not None and cfg.val_every and (epoch + 1) % cfg.val_every == 0:
-            v = torch.zeros((), dtype=torch.float64)
-            if main:
-                v += validation_loss(model, val_data, cfg.val_batch_size or cfg.batch_size, seed=cfg.seed, device=device,
-                                     batching=batching)["loss"]
-            if world > 1: dist.broadcast(v, 0)
-            val_loss = row["val_loss"] = float(v)
-        if main and val_data is not None and cfg.sample_every and (epoch + 1) % cfg.sample_every == 0:
-            ctx = ema.swapped(model) if (ema is not None and epoch > cfg.ema_start_epoch) else nullcontext()
-            with ctx, torch.random.fork_rng(devices=[device.index] if device.type == "cuda" else []):
-                row.update(match_rate_validation(model, val_data, cfg.sample_n, cfg.seed, cfg.sample_steps,
-                                                 cfg.sample_method, cfg.sample_batch_size, cfg.match_protocol,
-                                                 cfg.match_procs, batching))
-        if sched is not None:
-            monitored = row["train_loss"] if (cfg.plateau_monitor == "train_loss" or val_data is None) else val_loss
-            if monitored is not None:
-                sched.step(monitored)
-        if main:
-            epochs_log.write(row)
-            if tb is not None:
-                for k in ("train_loss", "val_loss", "match_rate", "rmse", "lr"):
-                    if row.get(k) is not None: tb.add_scalar(f"epoch/{k}", row[k], epoch)
-        epoch, start_batch, sums = epoch + 1, 0, {"loss": 0.0, "n": 0}
-        stop = done()
-        if stop or epoch % cfg.ckpt_every_epochs == 0:
-            checkpoint(epoch, 0)
+        _end_epoch(run, t_start)
+        stop = run.done()
+        if stop or run.epoch % cfg.ckpt_every_epochs == 0: run.checkpoint(run.epoch, 0)
     bar.close()
-    if tb is not None: tb.close()
-    if main:
-        model.save(out / "model.pt")
-        if ema is not None and ema.n_updates:
-            with ema.swapped(model): model.save(out / "model_ema.pt")
-    if world > 1: dist.barrier()
-    if created_group: dist.destroy_process_group()
-    return {"out_dir": out, "step": step, "epoch": epoch, "last_checkpoint": last_ck, "steps_csv": out / "steps.csv",
-            "epochs_csv": out / "epochs.csv", "seconds": time.perf_counter() - t_start}
+    return _finish(run, t_start)
