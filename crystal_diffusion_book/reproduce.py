@@ -547,7 +547,120 @@ def write_progress(
     os.replace(tmp, path)
     return path
 
-# %% ../nbs/70_reproduce_csp.ipynb #875fae4a
+# %% ../nbs/70_reproduce_csp.ipynb #rc01aaaaaa
+def _check_csp_args(model, text_kind, prompt_style, guidance_scale):
+    "The errors run_csp's arguments get before any work starts."
+    if model not in MODELS: raise ValueError(f"model must be one of {MODELS}, got {model!r}")
+    if text_kind not in ("short", "long"): raise ValueError(f"text_kind must be 'short' or 'long', got {text_kind!r}")
+    if prompt_style not in ("ours", "tgdmat"): raise ValueError(f"prompt_style must be 'ours' or 'tgdmat', got {prompt_style!r}")
+    if not (isinstance(guidance_scale, (int, float)) and math.isfinite(guidance_scale) and guidance_scale >= 0):
+        raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
+
+# %% ../nbs/70_reproduce_csp.ipynb #rc02aaaaaa
+def _csp_run_data(dataset, run, seed, fields, text_kind, prompt_style, progress, log):
+    "The run's splits (text models: with their prompts' embeddings) and how they were loaded."
+    from types import SimpleNamespace
+    t0, encoder = time.perf_counter(), None
+    if fields:
+        from crystal_diffusion_book.text import TextEncoder
+        encoder = TextEncoder()
+    source = resolve_train_source(dataset, run.train_source)          # once: "auto" looks in the cache and mirror
+    train_data, val_data, test_data, test_idx = load_csp_data(dataset, replace(run, train_source=source), seed,
+                                                              fields, text_kind, encoder, progress, style=prompt_style)
+    d = SimpleNamespace(train=train_data, val=val_data, test=test_data, test_idx=test_idx, encoder=encoder,
+                        train_source=source, text_dim=encoder.dim if encoder is not None else 0,
+                        load_seconds=time.perf_counter() - t0)
+    log(f"train {len(train_data)}, val {len(val_data)}, test {len(test_data)} ({d.load_seconds:.1f} s)"
+        + ("; TRAINED ON VAL: the val split minus a held-out slice (the train split is not present)" if source == "val" else "")
+        + (f"; {text_kind} prompts with {len(fields)} fields, {encoder.name} ({d.text_dim}-d)" if fields else ""))
+    return d
+
+# %% ../nbs/70_reproduce_csp.ipynb #rc03aaaaaa
+def _csp_run_train(net, cfg, d, seed, out, resume, log):
+    "Train the model; its validation losses before and after, the trainer's logs and the wall time."
+    import pandas as pd
+    from types import SimpleNamespace
+    from crystal_diffusion_book.train import train, validation_loss
+    val_before = validation_loss(net, d.val, batch_size=256, seed=seed)["loss"]
+    log(f"{type(net).__name__}: {sum(p.numel() for p in net.parameters()):,} parameters; "
+        f"validation loss before training {val_before:.4f}")
+    log(cfg)
+    t0 = time.perf_counter()
+    write_progress(out, "train", epochs=cfg.epochs)
+    res = train(net, d.train, d.val, cfg, out_dir=out / "train", resume=resume)
+    t = SimpleNamespace(res=res, seconds=time.perf_counter() - t0, val_before=val_before,
+                        steps=pd.read_csv(res["steps_csv"]), epochs_log=pd.read_csv(res["epochs_csv"]),
+                        val_after=validation_loss(net, d.val, batch_size=256, seed=seed)["loss"])
+    log(f"{res['step']} steps, {res['epoch']} epochs in {t.seconds:.1f} s "
+        f"({len(d.train) * res['epoch'] / max(t.seconds, 1e-9):.0f} crystals/s); "
+        f"validation loss {val_before:.4f} -> {t.val_after:.4f}")
+    return t
+
+# %% ../nbs/70_reproduce_csp.ipynb #rc04aaaaaa
+def _csp_run_sample(net, d, run, seed, guidance_scale, out, log):
+    "Sample one structure per test crystal, score it under the preset's protocol, write the predictions as CIFs."
+    from types import SimpleNamespace
+    from pymatgen.io.cif import CifWriter
+    from crystal_diffusion_book.data import data_to_structure
+    from crystal_diffusion_book.metrics import csp_metrics
+    t0 = time.perf_counter()
+    write_progress(out, "sampling", n_test=len(d.test))
+    preds = sample_csp(net, d.test, run, seed, guidance_scale)
+    s = SimpleNamespace(preds=preds, sample_seconds=time.perf_counter() - t0)
+    s.scored, s.n_degenerate = drop_degenerate(preds)
+    t0 = time.perf_counter()
+    write_progress(out, "scoring", n_test=len(d.test))
+    s.metric = csp_metrics(s.scored, d.test, protocol=run.protocol)
+    s.metric_seconds = time.perf_counter() - t0
+    s.n_same = sum(p is not None and p.composition.reduced_formula == data_to_structure(t).composition.reduced_formula
+                   for p, t in zip(preds, d.test))
+    log(s.metric)
+    log(f"{s.n_degenerate} degenerate predictions counted as misses; {s.n_same} of {len(d.test)} predictions have "
+        f"the test crystal's composition")
+    log(f"sampling {s.sample_seconds:.1f} s ({len(d.test) / max(s.sample_seconds, 1e-9):.2f} crystals/s), "
+        f"metrics {s.metric_seconds:.1f} s")
+    s.pred_dir = out / "predictions"
+    s.pred_dir.mkdir(exist_ok=True)
+    for p, t in zip(s.scored, d.test):
+        if p is not None: (s.pred_dir / f"{t.material_id}.cif").write_text(str(CifWriter(p)))
+    return s
+
+# %% ../nbs/70_reproduce_csp.ipynb #rc05aaaaaa
+def _csp_run_record(a: dict, run, d, t, s, net, env, out, figures) -> dict:
+    "The run's results dict (`a`: run_csp's arguments), written to results.json, with its loss and crystal figures."
+    m, is_text, fields = s.metric, a["model"] in TEXT_MODELS, a["fields"]
+    none_if_nan = lambda x: None if math.isnan(x) else x
+    results = {**{k: a[k] for k in ("dataset", "model", "v0_scale", "parameterization", "mean_free", "t_f")},
+               "preset": run.name, "seed": a["seed"], "preset_fields": asdict(run),
+               "n_params": sum(p.numel() for p in net.parameters()), "train_source": d.train_source,
+               "n_train": len(d.train), "n_val": len(d.val), "n_test": len(d.test),
+               "steps": int(t.res["step"]), "epochs": int(t.res["epoch"]), "val_loss_before": t.val_before,
+               "val_loss_after": t.val_after, "final_train_loss": float(t.epochs_log["train_loss"].iloc[-1]),
+               "protocol": m.protocol.name, "k": m.k, "match_rate": m.match_rate, "rmse": none_if_nan(m.rmse),
+               "n_matched": m.n_matched, "match_rate_ungated": m.match_rate_ungated,
+               "rmse_ungated": none_if_nan(m.rmse_ungated), "n_invalid": m.n_invalid, "volume_ratio": dict(m.volume_ratio),
+               "n_degenerate": s.n_degenerate, "reasons": m.reasons, "sample_steps": run.sample_steps,
+               "time_grid": run.time_grid, "load_seconds": d.load_seconds, "train_seconds": t.seconds,
+               "sample_seconds": s.sample_seconds, "metric_seconds": s.metric_seconds, "environment": env,
+               "out_dir": str(out), "figures": [], "prompt_fields": list(fields) if fields is not None else None,
+               "text_kind": a["text_kind"] if is_text else None, "prompt_style": a["prompt_style"] if fields else None,
+               "text_encoder": d.encoder.name if d.encoder is not None else None,
+               "text_dim": d.text_dim if is_text else None,
+               "guidance_scale": float(a["guidance_scale"]) if is_text else None, "p_uncond": a["p_uncond"],
+               "test_rows": d.test_idx, "n_same_composition": s.n_same, "predictions_dir": str(s.pred_dir),
+               "checkpoint": str(out / "train" / "model.pt")}
+    if figures:
+        import matplotlib.pyplot as plt
+        title = f"{run_label(results)}, {a['dataset']}, preset {run.name}"
+        for name, fig in (("loss.png", loss_figure(t.steps, t.epochs_log, title)),
+                          ("crystals.png", crystals_figure(s.preds, d.test, m.rms))):
+            fig.savefig(out / name, dpi=100)
+            plt.close(fig)
+            results["figures"].append(str(out / name))
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    return results
+
+# %% ../nbs/70_reproduce_csp.ipynb #rc06aaaaaa
 def run_csp(
     dataset: str = "perov_5",        # benchmark split to train and test on
     model: str = "diffcsp",          # one of MODELS
@@ -574,17 +687,9 @@ def run_csp(
     log=print,                       # where the run's progress lines go (None: nowhere)
 ):                                   # the results dict (as written to results.json); with return_objects, (results, objects)
     "Train, sample and score one CSP model on one dataset; write the run's record into `out_dir`."
-    import pandas as pd
     from types import SimpleNamespace
-    from crystal_diffusion_book.data import data_to_structure
-    from crystal_diffusion_book.metrics import csp_metrics
-    from crystal_diffusion_book.train import train, validation_loss
     log = log or (lambda *a, **k: None)
-    if model not in MODELS: raise ValueError(f"model must be one of {MODELS}, got {model!r}")
-    if text_kind not in ("short", "long"): raise ValueError(f"text_kind must be 'short' or 'long', got {text_kind!r}")
-    if prompt_style not in ("ours", "tgdmat"): raise ValueError(f"prompt_style must be 'ours' or 'tgdmat', got {prompt_style!r}")
-    if not (isinstance(guidance_scale, (int, float)) and math.isfinite(guidance_scale) and guidance_scale >= 0):
-        raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
+    _check_csp_args(model, text_kind, prompt_style, guidance_scale)
     is_text = model in TEXT_MODELS
     fields = prompt_fields_for(prompt_fields, dataset) if is_text else None
     pu = (default_p_uncond(model) if p_uncond is None else float(p_uncond)) if is_text else None
@@ -596,97 +701,23 @@ def run_csp(
     env = environment()
     log(f"model = {model}, dataset = {dataset}, preset = {run.name}, seed = {seed}, out_dir = {out}")
     log(json.dumps(env))
-
-    t0 = time.perf_counter()
-    encoder = None
-    if fields:
-        from crystal_diffusion_book.text import TextEncoder
-        encoder = TextEncoder()
-    train_source = resolve_train_source(dataset, run.train_source)     # once: "auto" looks in the cache and mirror
-    train_data, val_data, test_data, test_idx = load_csp_data(dataset, replace(run, train_source=train_source), seed,
-                                                              fields, text_kind, encoder, progress, style=prompt_style)
-    load_seconds = time.perf_counter() - t0
-    text_dim = encoder.dim if encoder is not None else 0
-    log(f"train {len(train_data)}, val {len(val_data)}, test {len(test_data)} ({load_seconds:.1f} s)"
-        + ("; TRAINED ON VAL: the val split minus a held-out slice (the train split is not present)"
-           if train_source == "val" else "")
-        + (f"; {text_kind} prompts with {len(fields)} fields, {encoder.name} ({text_dim}-d)" if fields else "")
-        + ("; no text" if is_text and not fields else ""))
-
+    d = _csp_run_data(dataset, run, seed, fields, text_kind, prompt_style, progress, log)
+    if is_text and not fields: log("no text: the text model is trained and sampled without prompts")
     torch.manual_seed(seed)
     net = build_model(model, run, dataset, v0_scale=v0_scale, parameterization=parameterization, mean_free=mean_free,
-                      t_f=t_f, train_data=train_data, text_dim=text_dim, p_uncond=pu)
+                      t_f=t_f, train_data=d.train, text_dim=d.text_dim, p_uncond=pu)
     cfg = train_config(model, run, seed=seed, progress=progress)
-    n_params = sum(p.numel() for p in net.parameters())
-    val_before = validation_loss(net, val_data, batch_size=256, seed=seed)["loss"]
-    log(f"{type(net).__name__}: {n_params:,} parameters; validation loss before training {val_before:.4f}")
-    log(cfg)
-
-    t0 = time.perf_counter()
-    write_progress(out, "train", epochs=cfg.epochs)
-    res = train(net, train_data, val_data, cfg, out_dir=out / "train", resume=resume)
-    train_seconds = time.perf_counter() - t0
-    steps = pd.read_csv(res["steps_csv"])
-    epochs_log = pd.read_csv(res["epochs_csv"])
-    val_after = validation_loss(net, val_data, batch_size=256, seed=seed)["loss"]
-    log(f"{res['step']} steps, {res['epoch']} epochs in {train_seconds:.1f} s "
-        f"({len(train_data) * res['epoch'] / max(train_seconds, 1e-9):.0f} crystals/s); "
-        f"validation loss {val_before:.4f} -> {val_after:.4f}")
-
-    t0 = time.perf_counter()
-    write_progress(out, "sampling", n_test=len(test_data))
-    preds = sample_csp(net, test_data, run, seed, guidance_scale if is_text else None)
-    sample_seconds = time.perf_counter() - t0
-    scored, n_degenerate = drop_degenerate(preds)
-    t0 = time.perf_counter()
-    write_progress(out, "scoring", n_test=len(test_data))
-    metric = csp_metrics(scored, test_data, protocol=run.protocol)
-    metric_seconds = time.perf_counter() - t0
-    n_same = sum(p is not None and p.composition.reduced_formula == data_to_structure(t).composition.reduced_formula
-                 for p, t in zip(preds, test_data))
-    log(metric)
-    log(f"{n_degenerate} degenerate predictions counted as misses; {n_same} of {len(test_data)} predictions have "
-        f"the test crystal's composition")
-    log(f"sampling {sample_seconds:.1f} s ({len(test_data) / max(sample_seconds, 1e-9):.2f} crystals/s), "
-        f"metrics {metric_seconds:.1f} s")
-
-    from pymatgen.io.cif import CifWriter
-    pred_dir = out / "predictions"
-    pred_dir.mkdir(exist_ok=True)
-    for p, t in zip(scored, test_data):
-        if p is not None: (pred_dir / f"{t.material_id}.cif").write_text(str(CifWriter(p)))
-    results = {"dataset": dataset, "model": model, "v0_scale": v0_scale, "parameterization": parameterization,
-               "mean_free": mean_free, "t_f": t_f, "preset": run.name, "seed": seed, "preset_fields": asdict(run),
-               "n_params": n_params, "train_source": train_source, "n_train": len(train_data), "n_val": len(val_data), "n_test": len(test_data),
-               "steps": int(res["step"]), "epochs": int(res["epoch"]), "val_loss_before": val_before,
-               "val_loss_after": val_after, "final_train_loss": float(epochs_log["train_loss"].iloc[-1]),
-               "protocol": metric.protocol.name, "k": metric.k, "match_rate": metric.match_rate,
-               "rmse": None if math.isnan(metric.rmse) else metric.rmse, "n_matched": metric.n_matched,
-               "match_rate_ungated": metric.match_rate_ungated,
-               "rmse_ungated": None if math.isnan(metric.rmse_ungated) else metric.rmse_ungated,
-               "n_invalid": metric.n_invalid, "volume_ratio": dict(metric.volume_ratio),
-               "n_degenerate": n_degenerate, "reasons": metric.reasons, "sample_steps": run.sample_steps, "time_grid": run.time_grid,
-               "load_seconds": load_seconds, "train_seconds": train_seconds, "sample_seconds": sample_seconds,
-               "metric_seconds": metric_seconds, "environment": env, "out_dir": str(out), "figures": [],
-               "prompt_fields": list(fields) if fields is not None else None,
-               "text_kind": text_kind if is_text else None, "prompt_style": prompt_style if fields else None, "text_encoder": encoder.name if encoder is not None else None,
-               "text_dim": text_dim if is_text else None, "guidance_scale": float(guidance_scale) if is_text else None,
-               "p_uncond": pu, "test_rows": test_idx, "n_same_composition": n_same,
-               "predictions_dir": str(pred_dir), "checkpoint": str(out / "train" / "model.pt")}
-    if figures:
-        import matplotlib.pyplot as plt
-        title = f"{run_label(results)}, {dataset}, preset {run.name}"
-        for name, fig in (("loss.png", loss_figure(steps, epochs_log, title)),
-                          ("crystals.png", crystals_figure(preds, test_data, metric.rms))):
-            fig.savefig(out / name, dpi=100)
-            plt.close(fig)
-            results["figures"].append(str(out / name))
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    write_progress(out, "done", match_rate=metric.match_rate)
+    t = _csp_run_train(net, cfg, d, seed, out, resume, log)
+    s = _csp_run_sample(net, d, run, seed, guidance_scale if is_text else None, out, log)
+    args = dict(dataset=dataset, model=model, v0_scale=v0_scale, parameterization=parameterization, mean_free=mean_free,
+                t_f=t_f, seed=seed, fields=fields, text_kind=text_kind, prompt_style=prompt_style,
+                guidance_scale=guidance_scale, p_uncond=pu)
+    results = _csp_run_record(args, run, d, t, s, net, env, out, figures)
+    write_progress(out, "done", match_rate=s.metric.match_rate)
     if not return_objects: return results
-    return results, SimpleNamespace(model=net, run=run, train_config=cfg, train_data=train_data, val_data=val_data,
-                                    test_data=test_data, preds=preds, scored=scored, metric=metric, steps=steps,
-                                    epochs_log=epochs_log, encoder=encoder)
+    return results, SimpleNamespace(model=net, run=run, train_config=cfg, train_data=d.train, val_data=d.val,
+                                    test_data=d.test, preds=s.preds, scored=s.scored, metric=s.metric, steps=t.steps,
+                                    epochs_log=t.epochs_log, encoder=d.encoder)
 
 # %% ../nbs/70_reproduce_csp.ipynb #af9f7409
 def write_results(
