@@ -533,41 +533,40 @@ _EXAMPLES = {
     "describe": "example:\n  cdb describe --dataset perov_5 --split test --long --limit 100 --jobs 2",
 }
 
-# %% ../nbs/90_cli.ipynb #e8a9591c
-def parser() -> argparse.ArgumentParser:  # the parser of every subcommand
-    "The `cdb` argument parser."
-    from crystal_diffusion_book import __version__
-    p = argparse.ArgumentParser(prog="cdb", description="crystal-diffusion-book: datasets, training, sampling, evaluation "
-                                "and reproduction for diffusion models of crystals (DiffCSP, KLDM, TGDMat).",
-                                epilog="exit codes: 0 success, 1 the job failed, 2 bad arguments, 130 interrupted")
-    p.add_argument("--version", action="version", version=f"crystal-diffusion-book {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    raw = argparse.RawDescriptionHelpFormatter
-    models = "diffcsp, kldm, tgdmat or kldm-text"
+# %% ../nbs/90_cli.ipynb #cp00aaaaaa
+_MODELS_HELP = "diffcsp, kldm, tgdmat or kldm-text"
+_RAW = argparse.RawDescriptionHelpFormatter   # keeps the line breaks of a description and its examples
 
-    def data_opts(q):
-        q.add_argument("--cache-dir", help="cache folder (default: $CDB_CACHE_DIR or the user's cache directory)")
-        q.add_argument("--mirror", help="local folder or base URL tried before upstream (default: $CDB_DATA_MIRROR)")
+def _data_opts(q):
+    "The options of every command that reads a dataset: where the cache and the mirror are."
+    q.add_argument("--cache-dir", help="cache folder (default: $CDB_CACHE_DIR or the user's cache directory)")
+    q.add_argument("--mirror", help="local folder or base URL tried before upstream (default: $CDB_DATA_MIRROR)")
 
-    def text_opts(q):
-        q.add_argument("--prompt-fields", help="text models: comma-separated prompt fields (default: TGDMat's for the "
-                       "dataset; 'none': no text)")
-        q.add_argument("--text-kind", default="short", choices=["short", "long"],
-                       help="text models: TGDMat's short prompt or robocrys's long description (default short)")
-        q.add_argument("--prompt-style", default="ours", choices=["ours", "tgdmat"],
-                       help="text models: the short prompt's wording, ours or TGDMat's code's (default ours; chapter 61)")
+def _text_opts(q):
+    "The options of every command that trains a text model: which prompts."
+    q.add_argument("--prompt-fields", help="text models: comma-separated prompt fields (default: TGDMat's for the "
+                   "dataset; 'none': no text)")
+    q.add_argument("--text-kind", default="short", choices=["short", "long"],
+                   help="text models: TGDMat's short prompt or robocrys's long description (default short)")
+    q.add_argument("--prompt-style", default="ours", choices=["ours", "tgdmat"],
+                   help="text models: the short prompt's wording, ours or TGDMat's code's (default ours; chapter 60)")
 
+# %% ../nbs/90_cli.ipynb #cp01aaaaaa
+def _add_data_commands(sub):   # the subparsers of `parser`
+    "The commands that read datasets: datasets, fetch, evaluate-csp."
     q = sub.add_parser("datasets", help="list the registered datasets and splits")
     q.add_argument("--check", action="store_true", help="also say which splits are available here, without downloading")
-    data_opts(q)
+    _data_opts(q)
     q.set_defaults(func=_cmd_datasets)
+
 
     q = sub.add_parser("fetch", help="fetch and verify dataset splits into the cache")
     q.add_argument("dataset", help="perov_5, carbon_24, mp_20 or mpts_52")
     q.add_argument("--split", nargs="+", default=["train", "val", "test"], choices=["train", "val", "test"])
     q.add_argument("--no-download", action="store_true", help="use only the cache and the mirror")
-    data_opts(q)
+    _data_opts(q)
     q.set_defaults(func=_cmd_fetch)
+
 
     q = sub.add_parser("evaluate-csp", help="match rate and RMSE of predicted CIFs against a split")
     q.add_argument("--pred", required=True, help="folder of <material_id>.cif or <material_id>_<k>.cif files")
@@ -580,14 +579,18 @@ def parser() -> argparse.ArgumentParser:  # the parser of every subcommand
                    "counts as a miss with reason timeout (default: no limit)")
     q.add_argument("--quiet", action="store_true", help="no progress bars")
     q.add_argument("--out", help="write the result (with its protocol) as JSON here")
-    data_opts(q)
+    _data_opts(q)
     q.set_defaults(func=_cmd_evaluate_csp)
 
+
+# %% ../nbs/90_cli.ipynb #cp02aaaaaa
+def _add_train_command(sub):   # the subparsers of `parser`
+    "`cdb train`."
     q = sub.add_parser("train", help="train a CSP model at a preset's scale (writes model.pt)", epilog=_EXAMPLES["train"],
-                       formatter_class=raw, description="Train a CSP model as the reproduction chapter does: the "
+                       formatter_class=_RAW, description="Train a CSP model as the reproduction chapter does: the "
                        "preset's network and budget, the reference's optimiser.\nCtrl-C is safe: continue with --resume.")
     q.add_argument("--dataset", required=True, help="perov_5, carbon_24, mp_20 or mpts_52")
-    q.add_argument("--model", required=True, help=models)
+    q.add_argument("--model", required=True, help=_MODELS_HELP)
     q.add_argument("--preset", default="smoke", choices=PRESET_NAMES, help="run scale (default smoke)")
     q.add_argument("--train-source", choices=["train", "val", "auto"], help="training crystals: the train split, the "
                    "val substitute (declared, labelled 'trained on val'), or auto: train if present locally (default: the preset's)")
@@ -597,7 +600,7 @@ def parser() -> argparse.ArgumentParser:  # the parser of every subcommand
     q.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     q.add_argument("--resume-from", metavar="PATH", help="continue the run in --out from this checkpoint "
                    "(e.g. OUT/prev.pt when last.pt is damaged)")
-    text_opts(q)
+    _text_opts(q)
     q.add_argument("--p-uncond", type=PROB, help="text models: condition dropout (default: 0 tgdmat, 0.1 kldm-text)")
     q.add_argument("--parameterization", default="simplified", choices=["simplified", "direct"], help="KLDM models")
     q.add_argument("--v0-scale", type=NONNEG_FLOAT, default=0.0, help="KLDM models: std of the initial velocities")
@@ -608,9 +611,13 @@ def parser() -> argparse.ArgumentParser:  # the parser of every subcommand
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=_cmd_train)
 
+
+# %% ../nbs/90_cli.ipynb #cp03aaaaaa
+def _add_sample_command(sub):   # the subparsers of `parser`
+    "`cdb sample` (alias `generate`)."
     q = sub.add_parser("sample", aliases=["generate"],
                        help="sample crystals from a checkpoint into CIF files (formulas, atom counts, prompts)",
-                       epilog=_EXAMPLES["sample"], formatter_class=raw,
+                       epilog=_EXAMPLES["sample"], formatter_class=_RAW,
                        description="Sample crystals from a checkpoint: CSP models from formulas, de novo models from "
                        "atom counts;\ntext models need --prompt (embedded with the default offline encoder).")
     q.add_argument("--checkpoint", required=True, help="model.pt written by cdb train (or CrystalModel.save)")
@@ -632,12 +639,16 @@ def parser() -> argparse.ArgumentParser:  # the parser of every subcommand
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=_cmd_sample)
 
+
+# %% ../nbs/90_cli.ipynb #cp04aaaaaa
+def _add_reproduce_command(sub):   # the subparsers of `parser`
+    "`cdb reproduce`."
     q = sub.add_parser("reproduce", help="train, sample and score models beside the published numbers (in-process)",
-                       epilog=_EXAMPLES["reproduce"], formatter_class=raw,
+                       epilog=_EXAMPLES["reproduce"], formatter_class=_RAW,
                        description="The reproduction chapter's pipeline (reproduce.run_csp) for each model in turn;\n"
                        "writes results.md and results.json beside the published numbers.")
     q.add_argument("--dataset", default="perov_5", help="perov_5, carbon_24, mp_20 or mpts_52 (default perov_5)")
-    q.add_argument("--models", nargs="+", default=["kldm", "diffcsp"], help=f"{models} (default: kldm diffcsp)")
+    q.add_argument("--models", nargs="+", default=["kldm", "diffcsp"], help=f"{_MODELS_HELP} (default: kldm diffcsp)")
     q.add_argument("--preset", default="smoke", choices=PRESET_NAMES, help="run scale (default smoke)")
     q.add_argument("--train-source", choices=["train", "val", "auto"], help="training crystals: the train split, the "
                    "val substitute (declared, labelled 'trained on val'), or auto: train if present locally (default: the preset's)")
@@ -645,14 +656,18 @@ def parser() -> argparse.ArgumentParser:  # the parser of every subcommand
     q.add_argument("--n-test", type=POS_INT, help="test crystals (default: the preset's)")
     q.add_argument("--sampler-steps", type=POS_INT, help="sampler steps (default: the preset's)")
     q.add_argument("--seed", type=SEED, default=0, help="seed (default 0)")
-    text_opts(q)
+    _text_opts(q)
     q.add_argument("--guidance", type=NONNEG_FLOAT, default=1.0, help="text models: guidance scale w (default 1)")
     q.add_argument("--out", required=True, help="folder for the runs and results.md / results.json")
     q.add_argument("--quiet", action="store_true", help="no progress bars or run logs")
     q.set_defaults(func=_cmd_reproduce)
 
+
+# %% ../nbs/90_cli.ipynb #cp05aaaaaa
+def _add_describe_command(sub):   # the subparsers of `parser`
+    "`cdb describe`."
     q = sub.add_parser("describe", help="write a split's prompts (and robocrys descriptions) into the cache",
-                       epilog=_EXAMPLES["describe"], formatter_class=raw,
+                       epilog=_EXAMPLES["describe"], formatter_class=_RAW,
                        description="Short prompts (TGDMat's template) and, with --long, robocrystallographer "
                        "descriptions of a split,\ncached and resumable; prints the cache file and the counts.")
     q.add_argument("--dataset", required=True, help="perov_5, carbon_24, mp_20 or mpts_52")
@@ -666,6 +681,17 @@ def parser() -> argparse.ArgumentParser:  # the parser of every subcommand
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=_cmd_describe)
 
+# %% ../nbs/90_cli.ipynb #cp06aaaaaa
+def parser() -> argparse.ArgumentParser:  # the parser of every subcommand
+    "The `cdb` argument parser."
+    from crystal_diffusion_book import __version__
+    p = argparse.ArgumentParser(prog="cdb", description="crystal-diffusion-book: datasets, training, sampling, evaluation "
+                                "and reproduction for diffusion models of crystals (DiffCSP, KLDM, TGDMat).",
+                                epilog="exit codes: 0 success, 1 the job failed, 2 bad arguments, 130 interrupted")
+    p.add_argument("--version", action="version", version=f"crystal-diffusion-book {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_data_commands, _add_train_command, _add_sample_command, _add_reproduce_command, _add_describe_command):
+        add(sub)
     return p
 
 # %% ../nbs/90_cli.ipynb #47ae14eb
