@@ -17,6 +17,7 @@ from torch import nn
 from torch_geometric.utils import scatter
 
 from .torus import wrap
+from fastcore.basics import patch
 
 # %% ../nbs/30_cspnet.ipynb #47aef57b
 _ACTS = {"silu": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
@@ -223,78 +224,103 @@ class CSPNet(nn.Module):
         if self.time_fourier is not None: return self.time_fourier(t).to(dtype)
         return sinusoidal_time_embedding(t, self.config.time_dim)
 
-    def forward(self,
-                t,              # diffusion time, scalar or (n_crystals,): integer step (sinusoidal) or τ in (0, 1] (fourier)
-                atom_types,     # (n_atoms,) atomic numbers Z (embedding) or (n_atoms, num_types[+1]) soft one-hots (onehot)
-                frac,           # fractional coordinates, (n_atoms, 3)
-                lattice,        # (n_crystals, 3, 3) rows = lattice vectors (Å), or (n_crystals, d) if lattice_latent_dim = d
-                index,          # crystal of each atom, (n_atoms,) long
-                edge_index,     # (2, n_edges) long, edges inside crystals, self-loops iff config.self_loops
-                velocity=None,  # fractional velocities, (n_atoms, 3); required iff velocity_input
-                cond=None,      # per-crystal condition, (n_crystals, cond_dim); required iff cond_dim > 0
-               ):               # dict: coord (n_atoms, 3); lattice (n_crystals, 3, 3) or (n_crystals, d); types (n_atoms, num_types) if type_head
-        "Denoiser outputs for a batch of crystals in PyG layout."
-        cfg, dtype = self.config, self.node_in.weight.dtype
-        frac, lattice = torch.as_tensor(frac).to(dtype), torch.as_tensor(lattice).to(dtype)
-        if frac.ndim != 2 or frac.shape[1] != 3:
-            raise ValueError(f"frac must have shape (n_atoms, 3), got {tuple(frac.shape)}")
-        n_atoms, n_crystals = frac.shape[0], lattice.shape[0]
-        if index.shape != (n_atoms,) or index.is_floating_point():
-            raise ValueError(f"index must be a ({n_atoms},) integer tensor, got {tuple(index.shape)} {index.dtype}")
-        if edge_index.ndim != 2 or edge_index.shape[0] != 2:
-            raise ValueError(f"edge_index must have shape (2, n_edges), got {tuple(edge_index.shape)}")
-        src, dst = edge_index[0], edge_index[1]
-        loops = (src == dst).sum()                                    # a tensor: checked without a host sync on GPUs
-        _require(loops == (n_atoms if cfg.self_loops else 0),
-                 lambda: f"edge_index has {int(loops)} self-loops for {n_atoms} atoms but config.self_loops={cfg.self_loops}")
-        if cfg.lattice_latent_dim:
-            if lattice.shape != (n_crystals, cfg.lattice_latent_dim):
-                raise ValueError(f"lattice must have shape (n_crystals, {cfg.lattice_latent_dim}), got {tuple(lattice.shape)}")
-            lat_feat = lattice                                        # (n_crystals, d), invariant already
-        else:
-            lat_feat = lattice_gram(lattice)                          # (n_crystals, 9)
-        if cfg.type_input == "embedding":
-            if atom_types.shape != (n_atoms,) or atom_types.is_floating_point():
-                raise ValueError(f"atom_types must be a ({n_atoms},) integer tensor of atomic numbers, got {tuple(atom_types.shape)}")
-            n_rows = self.type_embedding.num_embeddings
-            if n_atoms:
-                _require((atom_types.min() >= 1) & (atom_types.max() <= n_rows),
-                         lambda: f"atom_types must be atomic numbers in 1..{n_rows}, got {int(atom_types.min())}..{int(atom_types.max())}")
-            h = self.type_embedding(atom_types - 1)                   # class index Z - 1
-        else:
-            atom_types = torch.as_tensor(atom_types).to(dtype)
-            if atom_types.shape != (n_atoms, self.type_embedding.in_features):
-                raise ValueError(f"atom_types must have shape ({n_atoms}, {self.type_embedding.in_features}), got {tuple(atom_types.shape)}")
-            h = self.type_embedding(atom_types)
-        parts = [h, self.embed_time(t, n_crystals)[index]]
-        if cfg.cond_dim:
-            if cond is None or tuple(cond.shape) != (n_crystals, cfg.cond_dim):
-                raise ValueError(f"cond must have shape ({n_crystals}, {cfg.cond_dim}), got {None if cond is None else tuple(cond.shape)}")
-            parts.append(torch.as_tensor(cond).to(dtype)[index])
-        elif cond is not None:
-            raise ValueError("cond was given but config.cond_dim = 0")
-        if cfg.velocity_input:
-            if velocity is None or tuple(velocity.shape) != (n_atoms, 3):
-                raise ValueError(f"velocity must have shape ({n_atoms}, 3) when config.velocity_input is set")
-            velocity = torch.as_tensor(velocity).to(dtype)
-        elif velocity is not None:
-            raise ValueError("velocity was given but config.velocity_input = False")
-        h = self.node_in(torch.cat(parts, dim=-1))                    # (n_atoms, H)
-        psi = fourier_features(frac[src] - frac[dst], cfg.num_freqs)  # (n_edges, 6K), once for all layers
-        deg = _in_degree(dst, n_atoms, h.dtype)                       # (n_atoms, 1), once for all layers
-        for layer in self.layers:
-            h = layer(h, src, dst, lat_feat, index, psi, velocity, deg)
-        h = self.final_norm(h)
-        coord = self.coord_head(h)                                    # (n_atoms, 3)
-        if cfg.center_coord_output:
-            coord = coord - scatter(coord, index, dim=0, dim_size=n_crystals, reduce="mean")[index]
-        g = scatter(h, index, dim=0, dim_size=n_crystals, reduce="mean")   # (n_crystals, H)
-        lat = self.lattice_head(g)
-        if not cfg.lattice_latent_dim:
-            lat = lat.view(n_crystals, 3, 3) @ lattice                # (n_crystals, 3, 3): transforms as out -> out Q
-        out = {"coord": coord, "lattice": lat}
-        if self.type_head is not None: out["types"] = self.type_head(h)   # (n_atoms, num_types)
-        return out
+
+# %% ../nbs/30_cspnet.ipynb #cn01aaaaaa
+@patch
+def node_features(self: CSPNet,
+                  t,            # diffusion times, as in `forward`
+                  atom_types,   # (n_atoms,) atomic numbers, or (n_atoms, num_types[+1]) soft one-hots
+                  index,        # crystal of each atom, (n_atoms,) long
+                  n_crystals: int,  # crystals in the batch
+                  cond=None,    # per-crystal condition, (n_crystals, cond_dim), or None
+                 ):             # (n_atoms, H): the input of the first message-passing layer
+    "Initial atom features: the atom type's embedding, the crystal's time embedding and its condition, mixed by `node_in`."
+    cfg, dtype, n_atoms = self.config, self.node_in.weight.dtype, index.shape[0]
+    if cfg.type_input == "embedding":
+        if atom_types.shape != (n_atoms,) or atom_types.is_floating_point():
+            raise ValueError(f"atom_types must be a ({n_atoms},) integer tensor of atomic numbers, got {tuple(atom_types.shape)}")
+        n_rows = self.type_embedding.num_embeddings
+        if n_atoms:
+            _require((atom_types.min() >= 1) & (atom_types.max() <= n_rows),
+                     lambda: f"atom_types must be atomic numbers in 1..{n_rows}, got {int(atom_types.min())}..{int(atom_types.max())}")
+        h = self.type_embedding(atom_types - 1)                   # class index Z - 1
+    else:
+        atom_types = torch.as_tensor(atom_types).to(dtype)
+        if atom_types.shape != (n_atoms, self.type_embedding.in_features):
+            raise ValueError(f"atom_types must have shape ({n_atoms}, {self.type_embedding.in_features}), got {tuple(atom_types.shape)}")
+        h = self.type_embedding(atom_types)
+    parts = [h, self.embed_time(t, n_crystals)[index]]
+    if cfg.cond_dim:
+        if cond is None or tuple(cond.shape) != (n_crystals, cfg.cond_dim):
+            raise ValueError(f"cond must have shape ({n_crystals}, {cfg.cond_dim}), got {None if cond is None else tuple(cond.shape)}")
+        parts.append(torch.as_tensor(cond).to(dtype)[index])
+    elif cond is not None:
+        raise ValueError("cond was given but config.cond_dim = 0")
+    return self.node_in(torch.cat(parts, dim=-1))             # (n_atoms, H)
+
+# %% ../nbs/30_cspnet.ipynb #cn02aaaaaa
+@patch
+def _check_inputs(self: CSPNet, frac, lattice, index, edge_index, velocity):
+    "The geometric inputs checked and cast: (frac, lattice, lattice features, src, dst, velocity)."
+    cfg, dtype = self.config, self.node_in.weight.dtype
+    frac, lattice = torch.as_tensor(frac).to(dtype), torch.as_tensor(lattice).to(dtype)
+    if frac.ndim != 2 or frac.shape[1] != 3:
+        raise ValueError(f"frac must have shape (n_atoms, 3), got {tuple(frac.shape)}")
+    n_atoms, n_crystals = frac.shape[0], lattice.shape[0]
+    if index.shape != (n_atoms,) or index.is_floating_point():
+        raise ValueError(f"index must be a ({n_atoms},) integer tensor, got {tuple(index.shape)} {index.dtype}")
+    if edge_index.ndim != 2 or edge_index.shape[0] != 2:
+        raise ValueError(f"edge_index must have shape (2, n_edges), got {tuple(edge_index.shape)}")
+    src, dst = edge_index[0], edge_index[1]
+    loops = (src == dst).sum()                                    # a tensor: checked without a host sync on GPUs
+    _require(loops == (n_atoms if cfg.self_loops else 0),
+             lambda: f"edge_index has {int(loops)} self-loops for {n_atoms} atoms but config.self_loops={cfg.self_loops}")
+    if cfg.lattice_latent_dim:
+        if lattice.shape != (n_crystals, cfg.lattice_latent_dim):
+            raise ValueError(f"lattice must have shape (n_crystals, {cfg.lattice_latent_dim}), got {tuple(lattice.shape)}")
+        lat_feat = lattice                                        # (n_crystals, d), invariant already
+    else:
+        lat_feat = lattice_gram(lattice)                          # (n_crystals, 9)
+    if cfg.velocity_input:
+        if velocity is None or tuple(velocity.shape) != (n_atoms, 3):
+            raise ValueError(f"velocity must have shape ({n_atoms}, 3) when config.velocity_input is set")
+        velocity = torch.as_tensor(velocity).to(dtype)
+    elif velocity is not None:
+        raise ValueError("velocity was given but config.velocity_input = False")
+    return frac, lattice, lat_feat, src, dst, velocity
+
+# %% ../nbs/30_cspnet.ipynb #cn03aaaaaa
+@patch
+def forward(self: CSPNet,
+            t,              # diffusion time, scalar or (n_crystals,): integer step (sinusoidal) or τ in (0, 1] (fourier)
+            atom_types,     # (n_atoms,) atomic numbers Z (embedding) or (n_atoms, num_types[+1]) soft one-hots (onehot)
+            frac,           # fractional coordinates, (n_atoms, 3)
+            lattice,        # (n_crystals, 3, 3) rows = lattice vectors (Å), or (n_crystals, d) if lattice_latent_dim = d
+            index,          # crystal of each atom, (n_atoms,) long
+            edge_index,     # (2, n_edges) long, edges inside crystals, self-loops iff config.self_loops
+            velocity=None,  # fractional velocities, (n_atoms, 3); required iff velocity_input
+            cond=None,      # per-crystal condition, (n_crystals, cond_dim); required iff cond_dim > 0
+           ):               # dict: coord (n_atoms, 3); lattice (n_crystals, 3, 3) or (n_crystals, d); types (n_atoms, num_types) if type_head
+    "Denoiser outputs for a batch of crystals in PyG layout."
+    cfg, dtype = self.config, self.node_in.weight.dtype
+    frac, lattice, lat_feat, src, dst, velocity = self._check_inputs(frac, lattice, index, edge_index, velocity)
+    n_atoms, n_crystals = frac.shape[0], lattice.shape[0]
+    h = self.node_features(t, atom_types, index, n_crystals, cond)   # (n_atoms, H)
+    psi = fourier_features(frac[src] - frac[dst], cfg.num_freqs)  # (n_edges, 6K), once for all layers
+    deg = _in_degree(dst, n_atoms, h.dtype)                       # (n_atoms, 1), once for all layers
+    for layer in self.layers:
+        h = layer(h, src, dst, lat_feat, index, psi, velocity, deg)
+    h = self.final_norm(h)
+    coord = self.coord_head(h)                                    # (n_atoms, 3)
+    if cfg.center_coord_output:
+        coord = coord - scatter(coord, index, dim=0, dim_size=n_crystals, reduce="mean")[index]
+    g = scatter(h, index, dim=0, dim_size=n_crystals, reduce="mean")   # (n_crystals, H)
+    lat = self.lattice_head(g)
+    if not cfg.lattice_latent_dim:
+        lat = lat.view(n_crystals, 3, 3) @ lattice                # (n_crystals, 3, 3): transforms as out -> out Q
+    out = {"coord": coord, "lattice": lat}
+    if self.type_head is not None: out["types"] = self.type_head(h)   # (n_atoms, num_types)
+    return out
 
 # %% ../nbs/30_cspnet.ipynb #09c7fc73
 def count_parameters(
