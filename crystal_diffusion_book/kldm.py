@@ -332,6 +332,55 @@ def _per_crystal_step(tau_c, score, index, n_cr):
     msq = scatter(score.pow(2).mean(-1), index, dim=0, dim_size=n_cr, reduce="mean")   # (n_crystals,)
     return (tau_c / msq.clamp_min(1e-12))[index, None]
 
+# %% ../nbs/33_kldm.ipynb #kl01aaaaaa
+@patch
+def _sampler_options(self: KLDM, method, n_steps, t_end, tau_corrector, correct_pos) -> tuple:
+    "The sampler's options, checked, with the config's values where None: (method, n_steps, t_end, τ_c, correct_pos)."
+    c = self.config
+    method = method or c.method
+    if method not in ("pc", "em", "ode"): raise ValueError(f"method must be 'pc', 'em' or 'ode', got {method!r}")
+    n_steps = int(c.n_steps if n_steps is None else n_steps)
+    if n_steps < 1: raise ValueError(f"n_steps must be a positive integer, got {n_steps}")
+    t_end = c.t_end if t_end is None else float(t_end)
+    if not 0 <= t_end < 1: raise ValueError(f"t_end must lie in [0, 1), got {t_end}")
+    tau_c = c.tau_corrector if tau_corrector is None else float(tau_corrector)
+    return method, n_steps, t_end, tau_c, c.correct_pos if correct_pos is None else bool(correct_pos)
+
+# %% ../nbs/33_kldm.ipynb #kl02aaaaaa
+@patch
+def _pc_update(self: KLDM, call, tau, tau_s, pos, vel, lat, noise, randn, index, tau_c, correct_pos) -> tuple:
+    "One PC step from τ to τ_s, two network calls: the Langevin corrector at fixed τ, then the DDIM-like predictor."
+    c, n_cr = self.config, lat.shape[0]
+    hs = c.t_f * (tau - tau_s)                                          # step in internal time
+    # corrector: Langevin on v (and the lattice latent) at fixed τ, step τ_c / mean(score²) per crystal
+    out, s_v, s_l = call(tau, pos, vel, lat)
+    vel = langevin_step(vel, s_v, _per_crystal_step(tau_c, s_v, index, n_cr), noise())
+    lat = langevin_step(lat, s_l, _per_crystal_step(tau_c, s_l, None, n_cr), randn(n_cr, 6))
+    if correct_pos: pos = position_step(pos, vel, hs)
+    # predictor: noise-free DDIM-like step on v with α = e^{-t}, σ = σ_v(t); then the positions; DDIM on the lattice
+    out, s_v, s_l = call(tau, pos, vel, lat)
+    mt, ms = tdm_moments(c.t_f * tau), tdm_moments(c.t_f * tau_s)
+    vel = ddim_step(vel, s_v, float(ms.v_mean_coef / mt.v_mean_coef), float(mt.v_std), float(ms.v_std))
+    pos = position_step(pos, vel, hs)
+    a_t, a_s = float(self.vpsde.alpha(tau)), float(self.vpsde.alpha(tau_s))
+    lat = ddim_step(lat, s_l, a_s / a_t, float(self.vpsde.sigma(tau)), float(self.vpsde.sigma(tau_s)))
+    return out, pos, vel, lat
+
+# %% ../nbs/33_kldm.ipynb #kl03aaaaaa
+@patch
+def _em_ode_update(self: KLDM, call, method, tau, tau_s, pos, vel, lat, noise, randn) -> tuple:
+    "One EM step (exponential integrator of dv = (v + 2 s_v) ds + √2 dW̄) or probability-flow ODE step, one network call."
+    c, n_cr = self.config, lat.shape[0]
+    hs = c.t_f * (tau - tau_s)                                          # step in internal time
+    out, s_v, s_l = call(tau, pos, vel, lat)
+    if method == "em":
+        vel = velocity_em_step(vel, s_v, hs, noise())
+        lat = self.vpsde.reverse_em_step(lat, s_l, tau, tau - tau_s, randn(n_cr, 6))
+    else:                # dv = (v + s_v) ds, no noise
+        vel = velocity_ode_step(vel, s_v, hs)
+        lat = lat + (tau - tau_s) * float(self.vpsde.beta(tau)) * 0.5 * (lat + s_l)
+    return out, position_step(pos, vel, hs), vel, lat
+
 # %% ../nbs/33_kldm.ipynb #688919bb
 @patch
 @torch.no_grad()
@@ -349,14 +398,7 @@ def sample_tensors(self: KLDM,
                   ) -> dict:                     # frac (n_atoms, 3) in [0, 1), lattice (n_crystals, 3, 3), types, index, latent, velocity [, trajectory]
     "KLDM's samplers in float64 (chapter 95, KLDM samplers): exponential-integrator EM, its probability-flow ODE, and PC."
     c = self.config
-    method = method or c.method
-    if method not in ("pc", "em", "ode"): raise ValueError(f"method must be 'pc', 'em' or 'ode', got {method!r}")
-    n_steps = int(c.n_steps if n_steps is None else n_steps)
-    if n_steps < 1: raise ValueError(f"n_steps must be a positive integer, got {n_steps}")
-    t_end = c.t_end if t_end is None else float(t_end)
-    if not 0 <= t_end < 1: raise ValueError(f"t_end must lie in [0, 1), got {t_end}")
-    tau_c = c.tau_corrector if tau_corrector is None else float(tau_corrector)
-    correct_pos = c.correct_pos if correct_pos is None else bool(correct_pos)
+    method, n_steps, t_end, tau_c, correct_pos = self._sampler_options(method, n_steps, t_end, tau_corrector, correct_pos)
     denoiser = denoiser or self.denoise
     dev, f64 = self.lat_loc.device, torch.float64
     stats = self.lattice_stats
@@ -385,35 +427,10 @@ def sample_tensors(self: KLDM,
     frames = {"frac": [mod1(pos / TWO_PI)], "lattice": [decode(lat)], "types": [guess.clamp_max(K - 1) + 1], "t": [1.0]}
     for i in range(n_steps):
         tau, tau_s = float(ts[i]), float(ts[i + 1])
-        hs = c.t_f * (tau - tau_s)                                         # step in internal time
         if method == "pc":
-            # corrector: Langevin on v (and the lattice latent) at fixed τ, step τ_c / mean(score²) per crystal
-            out, s_v, s_l = call(tau, pos, vel, lat)
-            d_v = _per_crystal_step(tau_c, s_v, index, n_cr)
-            vel = langevin_step(vel, s_v, d_v, noise())
-            d_l = _per_crystal_step(tau_c, s_l, None, n_cr)
-            lat = langevin_step(lat, s_l, d_l, randn(n_cr, 6))
-            if correct_pos:
-                pos = position_step(pos, vel, hs)
-            # predictor: noise-free DDIM-like step on v with α = e^{-t}, σ = σ_v(t); then the positions
-            out, s_v, s_l = call(tau, pos, vel, lat)
-            mt, ms = tdm_moments(c.t_f * tau), tdm_moments(c.t_f * tau_s)
-            r = float(ms.v_mean_coef / mt.v_mean_coef)
-            sg_t, sg_s = float(mt.v_std), float(ms.v_std)
-            vel = ddim_step(vel, s_v, r, sg_t, sg_s)
-            pos = position_step(pos, vel, hs)
-            a_t, a_s = float(self.vpsde.alpha(tau)), float(self.vpsde.alpha(tau_s))
-            q_t, q_s = float(self.vpsde.sigma(tau)), float(self.vpsde.sigma(tau_s))
-            lat = ddim_step(lat, s_l, a_s / a_t, q_t, q_s)
+            out, pos, vel, lat = self._pc_update(call, tau, tau_s, pos, vel, lat, noise, randn, index, tau_c, correct_pos)
         else:
-            out, s_v, s_l = call(tau, pos, vel, lat)
-            if method == "em":   # exponential integrator of dv = (v + 2 s_v) ds + √2 dW̄
-                vel = velocity_em_step(vel, s_v, hs, noise())
-                lat = self.vpsde.reverse_em_step(lat, s_l, tau, tau - tau_s, randn(n_cr, 6))
-            else:                # probability-flow ODE: dv = (v + s_v) ds, no noise
-                vel = velocity_ode_step(vel, s_v, hs)
-                lat = lat + (tau - tau_s) * float(self.vpsde.beta(tau)) * 0.5 * (lat + s_l)
-            pos = position_step(pos, vel, hs)
+            out, pos, vel, lat = self._em_ode_update(call, method, tau, tau_s, pos, vel, lat, noise, randn)
         if dng:
             probs = torch.softmax(out["types"].to(f64), -1)                 # (n_atoms, K)
             h = self.types.reverse_step(h, probs, tau, tau_s, generator)
