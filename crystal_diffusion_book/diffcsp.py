@@ -12,6 +12,8 @@ __all__ = ['STEP_LR', 'GRIDS', 'corrector_step', 'predictor_step', 'ddim_lattice
 import math
 from dataclasses import dataclass, field
 
+from types import SimpleNamespace
+
 import torch
 from torch import nn
 
@@ -247,6 +249,47 @@ def timesteps(self: DiffCSP,
     if grid == "skip_end": ts = ts[1:]
     return torch.unique(ts).flip(0)
 
+# %% ../nbs/32_diffcsp.ipynb #dc01aaaaaa
+@patch
+def _sampler_options(self: DiffCSP, method, step_lr, dtype) -> tuple:
+    "The sampler's options, checked, with defaults where None: (method, corrector step size, working dtype)."
+    c = self.config
+    method = method or "pc"
+    if method not in ("pc", "predictor", "ddim"):
+        raise ValueError(f"method must be 'pc', 'predictor' or 'ddim', got {method!r}")
+    step_lr = step_lr if step_lr is not None else (c.step_lr if c.step_lr is not None else
+                                                   recommended_step_lr(c.task, c.dataset))
+    if not step_lr >= 0: raise ValueError(f"step_lr must be non-negative, got {step_lr}")
+    return method, step_lr, dtype or self.dtype
+
+# %% ../nbs/32_diffcsp.ipynb #dc02aaaaaa
+@patch
+def _corrector_update(self: DiffCSP, run, out, frac, t: int, last: bool):
+    "PC's corrector: one Langevin step on the coordinates at fixed t (no noise on the last step, as the reference)."
+    sig, sql = run.sig, run.sql
+    delta = run.step_lr * (sig[t] / sig[1]) ** 2
+    zc = run.randn(*frac.shape) if not last else torch.zeros_like(frac)
+    return corrector_step(frac, -sql[t] * out["coord"], delta, zc)
+
+@patch
+def _predictor_update(self: DiffCSP, run, out, frac, lattice, A, t: int, tp: int, k: int, last: bool) -> tuple:
+    "The predictor from t to tp: reverse VE step for F, ancestral DDPM step (schedule index k) for L and the types."
+    z = run.randn(*frac.shape) if not last else torch.zeros_like(frac)
+    frac = predictor_step(frac, -run.sql[t] * out["coord"], run.sig[t], run.sig[tp], z)
+    lattice = run.sched.ancestral_step(lattice, out["lattice"], k, run.randn(*lattice.shape))
+    if run.dng: A = run.sched.ancestral_step(A, out["types"], k, run.randn(*A.shape))
+    elif run.type_process is not None: A = run.type_process.step(A, out, t, k, run.generator)
+    return frac, lattice, A
+
+@patch
+def _ddim_update(self: DiffCSP, run, out, frac, lattice, A, t: int, tp: int, k: int, last: bool) -> tuple:
+    "The deterministic step (ours): keep the predicted clean sample and the predicted noise, for F, L and the types."
+    frac = ddim_coord_step(frac, -run.sql[t] * out["coord"], run.sig[t], run.sig[tp])
+    lattice = ddim_lattice_step(lattice, out["lattice"], run.ab[t], run.ab[tp])
+    if run.dng: A = ddim_lattice_step(A, out["types"], run.ab[t], run.ab[tp])
+    elif run.type_process is not None: A = run.type_process.step(A, out, t, k, run.generator)
+    return frac, lattice, A
+
 # %% ../nbs/32_diffcsp.ipynb #1781f4ad
 @patch
 def sample_tensors(self: DiffCSP,
@@ -266,14 +309,8 @@ def sample_tensors(self: DiffCSP,
                   ) -> dict:                # frac (n_atoms, 3), lattice (n_crystals, 3, 3), types (n_atoms,), index [, trajectory]
     "DiffCSP's predictor–corrector sampler (chapter 95, DiffCSP sampler), batched over crystals."
     c = self.config
-    method = method or "pc"
-    if method not in ("pc", "predictor", "ddim"):
-        raise ValueError(f"method must be 'pc', 'predictor' or 'ddim', got {method!r}")
-    step_lr = step_lr if step_lr is not None else (c.step_lr if c.step_lr is not None else
-                                                   recommended_step_lr(c.task, c.dataset))
-    if not step_lr >= 0: raise ValueError(f"step_lr must be non-negative, got {step_lr}")
+    method, step_lr, dtype = self._sampler_options(method, step_lr, dtype)
     denoiser = denoiser or self.denoise
-    dtype = dtype or self.dtype
     dev = self.sigmas.device
     num_atoms, index = spec.num_atoms.to(dev), spec.index.to(dev)
     n_at, n_cr = int(num_atoms.sum()), int(num_atoms.numel())
@@ -283,12 +320,13 @@ def sample_tensors(self: DiffCSP,
     ab = self.lattice_schedule.alpha_bars.to(dev)
     sched = self.lattice_schedule if len(ts) == c.T else \
         DDPMSchedule(torch.cat([ab.new_zeros(1), (1 - ab[ts] / ab[prev]).flip(0)]))   # respaced DDPM, 1-based
-    sig, sql = self.sigmas.to(dtype), self.sqrt_lambda.to(dtype)
     randn = lambda *s: torch.randn(*s, generator=generator, device=dev, dtype=dtype)
+    dng = c.task == "dng" and type_process is None
+    run = SimpleNamespace(sig=self.sigmas.to(dtype), sql=self.sqrt_lambda.to(dtype), ab=ab, sched=sched, randn=randn,
+                          dng=dng, type_process=type_process, generator=generator, step_lr=step_lr)
     # prior: F ~ U[0,1)^3, L ~ N(0, I), one-hot types ~ N(0, I)
     frac = torch.rand(n_at, 3, generator=generator, device=dev, dtype=dtype)
     lattice = randn(n_cr, 3, 3)
-    dng = c.task == "dng" and type_process is None
     A = randn(n_at, c.network.num_types) if dng else None
     fixed_types = spec.atom_types.to(dev)
     decode = (lambda A: A.argmax(-1) + 1) if dng else (lambda A: fixed_types)
@@ -298,35 +336,14 @@ def sample_tensors(self: DiffCSP,
     frames = {"frac": [frac.clone()], "lattice": [lattice.clone()], "types": [decode(A)], "t": [c.T + 1]}
     S = len(ts)
     for i in range(S):
-        t, tp = int(ts[i]), int(prev[i])
+        t, tp, last = int(ts[i]), int(prev[i]), i == S - 1
         tt = torch.full((n_cr,), t, dtype=torch.long, device=dev)
         types_in = type_process.input(A) if type_process is not None else (A if dng else fixed_types)
-        s_t, s_p = sig[t], sig[tp]
-        last = i == S - 1
         if method == "pc":   # corrector: one Langevin step on the coordinates at fixed t
-            out = denoiser(tt, types_in, frac, lattice, index, edge_index)
-            delta = step_lr * (s_t / sig[1]) ** 2
-            zc = randn(n_at, 3) if not last else torch.zeros(n_at, 3, device=dev, dtype=dtype)   # as the reference: none at the end
-            frac = corrector_step(frac, -sql[t] * out["coord"], delta, zc)
+            frac = self._corrector_update(run, denoiser(tt, types_in, frac, lattice, index, edge_index), frac, t, last)
         out = denoiser(tt, types_in, frac, lattice, index, edge_index)
-        if method == "ddim":   # deterministic: keep the predicted clean sample and the predicted noise
-            frac = ddim_coord_step(frac, -sql[t] * out["coord"], s_t, s_p)
-            lattice = ddim_lattice_step(lattice, out["lattice"], ab[t], ab[tp])
-            if dng: A = ddim_lattice_step(A, out["types"], ab[t], ab[tp])
-            elif type_process is not None: A = type_process.step(A, out, t, S - i, generator)
-            if return_trajectory and ((i + 1) % every == 0 or last):
-                frames["frac"].append(frac.clone()); frames["lattice"].append(lattice.clone())
-                frames["types"].append(decode(A)); frames["t"].append(tp)
-            continue
-        # predictor: reverse VE step for F, ancestral DDPM step for L (and A)
-        z = randn(n_at, 3) if not last else torch.zeros(n_at, 3, device=dev, dtype=dtype)
-        frac = predictor_step(frac, -sql[t] * out["coord"], s_t, s_p, z)
-        k = S - i                                                          # index in the (respaced) schedule
-        lattice = sched.ancestral_step(lattice, out["lattice"], k, randn(n_cr, 3, 3))
-        if dng:
-            A = sched.ancestral_step(A, out["types"], k, randn(*A.shape))
-        elif type_process is not None:
-            A = type_process.step(A, out, t, k, generator)
+        update = self._ddim_update if method == "ddim" else self._predictor_update
+        frac, lattice, A = update(run, out, frac, lattice, A, t, tp, S - i, last)
         if return_trajectory and ((i + 1) % every == 0 or last):
             frames["frac"].append(frac.clone()); frames["lattice"].append(lattice.clone())
             frames["types"].append(decode(A)); frames["t"].append(tp)
