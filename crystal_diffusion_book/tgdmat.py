@@ -195,66 +195,75 @@ class TGDMat(DiffCSP):
             raise ValueError(f"text_emb must have shape ({n_crystals}, {c.text_dim}), got {tuple(text_emb.shape)}")
         return self.conditioner(text_emb, drop=drop)
 
-    @torch.no_grad()
-    def sample_tensors(self,
-                       spec: CompositionSpec,   # compositions (CSP) or atom counts (DNG: atom_types ignored); spec.cond: text embeddings
-                       n_steps: int | None = None,  # reverse steps (None: T = 1000); fewer skips times evenly
-                       method: str | None = None,   # "pc" (default: corrector + predictor) or "predictor"
-                       grid: str = "paper",     # time grid (DiffCSP.timesteps): "paper" (T..1) or "skip_end"
-                       generator=None,          # torch.Generator for the noise
-                       return_trajectory=False, # also return frames (DNG: with "masked", (F, n_atoms) bool)
-                       guidance_scale: float = 1.0,  # classifier-free guidance w: 1 conditional (one pass), 0 unconditional
-                       step_lr: float | None = None, # corrector step size (None: config.step_lr or DiffCSP's for task/dataset)
-                       drop=None,               # optional (n_crystals,) bool: crystals sampled with ∅ instead of their text
-                       trajectory_every: int | None = None,  # keep every k-th step (None: about 50 frames)
-                       dtype=None,              # working dtype (None: the network's)
-                       text_dropout: bool = False,  # True: the projection's dropout stays on and is redrawn at every
-                                                # network call, as TGDMat's evaluate.py samples (never calling .eval())
-                      ) -> dict:                # frac (n_atoms, 3), lattice (n_crystals, 3, 3), types (n_atoms,), index [, trajectory]
-        "DiffCSP's predictor–corrector sampler with the text condition, optional guidance, and D3PM types for DNG."
-        c = self.config
-        n_cr, w = spec.n_crystals, float(guidance_scale)
-        if not math.isfinite(w): raise ValueError(f"guidance_scale must be finite, got {guidance_scale}")
-        if c.text_dim > 0 and spec.cond is None:
-            raise ValueError(f"spec.cond is missing: this TGDMat has text_dim={c.text_dim} and samples from a "
-                             f"({n_cr}, {c.text_dim}) text embedding (spec_from_batch of a batch with text_emb, or spec_from_text)")
-        if drop is not None:
-            drop = torch.as_tensor(drop, dtype=torch.bool, device=self.sigmas.device).reshape(-1)
-            if drop.shape != (n_cr,): raise ValueError(f"drop must hold one flag per crystal ({n_cr}), got {tuple(drop.shape)}")
-        if w != 1 and c.text_dim > 0 and c.p_uncond == 0:
-            warnings.warn(f"guidance_scale={w} mixes in the null condition, which a model trained with p_uncond=0 "
-                          "(as TGDMat is) never learnt; the unconditional prediction is untrained")
-        was = self.conditioner.training
-        self.conditioner.eval()                                                # no dropout in the projection
-        try:
-            cond = self.condition(spec.cond, n_cr, drop)                       # (n_crystals, text_out_dim)
-            null = self.conditioner(None, n_crystals=n_cr)                     # ∅ for every crystal
-        finally:
-            self.conditioner.train(was)
+# %% ../nbs/61_tgdmat.ipynb #tg01aaaaaa
+@patch
+def _sampling_denoiser(self: TGDMat, spec, w: float, drop, text_dropout: bool):
+    "The denoiser the sampler calls: text-conditioned, guided with weight w, or with the reference's live text dropout."
+    c, n_cr = self.config, spec.n_crystals
+    if text_dropout and c.text_dim > 0:     # the reference's sampling: a fresh dropout mask in every network call
+        if w != 1: raise ValueError(f"text_dropout reproduces TGDMat's evaluate.py, which has no guidance: "
+                                    f"guidance_scale must be 1, got {w}")
+        head = self.conditioner.head
+        def live(t, *args):
+            was_c, was_h = self.conditioner.training, head.training
+            self.conditioner.eval(); head.train()                          # head dropout on, condition dropout off
+            try: cond_now = self.condition(spec.cond, n_cr, drop)          # masks from torch's global generator
+            finally: self.conditioner.train(was_c); head.train(was_h)
+            return self.denoise(t, *args, cond=cond_now)
+        return live
+    was = self.conditioner.training
+    self.conditioner.eval()                                                # no dropout in the projection
+    try:
+        cond = self.condition(spec.cond, n_cr, drop)                       # (n_crystals, text_out_dim)
+        null = self.conditioner(None, n_crystals=n_cr)                     # ∅ for every crystal
+    finally:
+        self.conditioner.train(was)
+    return guided_denoiser(self.denoise, cond, null, w)                   # DiffCSP's denoiser signature
 
-        guided = guided_denoiser(self.denoise, cond, null, w)                 # DiffCSP's denoiser signature
-        if text_dropout and c.text_dim > 0:     # the reference's sampling: a fresh dropout mask in every network call
-            if w != 1: raise ValueError(f"text_dropout reproduces TGDMat's evaluate.py, which has no guidance: "
-                                        f"guidance_scale must be 1, got {w}")
-            head = self.conditioner.head
-            def guided(t, *args):
-                was_c, was_h = self.conditioner.training, head.training
-                self.conditioner.eval(); head.train()                          # head dropout on, condition dropout off
-                try: cond_now = self.condition(spec.cond, n_cr, drop)          # masks from torch's global generator
-                finally: self.conditioner.train(was_c); head.train(was_h)
-                return self.denoise(t, *args, cond=cond_now)
+# %% ../nbs/61_tgdmat.ipynb #tg02aaaaaa
+@patch
+@torch.no_grad()
+def sample_tensors(self: TGDMat,
+                   spec: CompositionSpec,   # compositions (CSP) or atom counts (DNG: atom_types ignored); spec.cond: text embeddings
+                   n_steps: int | None = None,  # reverse steps (None: T = 1000); fewer skips times evenly
+                   method: str | None = None,   # "pc" (default: corrector + predictor) or "predictor"
+                   grid: str = "paper",     # time grid (DiffCSP.timesteps): "paper" (T..1) or "skip_end"
+                   generator=None,          # torch.Generator for the noise
+                   return_trajectory=False, # also return frames (DNG: with "masked", (F, n_atoms) bool)
+                   guidance_scale: float = 1.0,  # classifier-free guidance w: 1 conditional (one pass), 0 unconditional
+                   step_lr: float | None = None, # corrector step size (None: config.step_lr or DiffCSP's for task/dataset)
+                   drop=None,               # optional (n_crystals,) bool: crystals sampled with ∅ instead of their text
+                   trajectory_every: int | None = None,  # keep every k-th step (None: about 50 frames)
+                   dtype=None,              # working dtype (None: the network's)
+                   text_dropout: bool = False,  # True: the projection's dropout stays on and is redrawn at every
+                                            # network call, as TGDMat's evaluate.py samples (never calling .eval())
+                  ) -> dict:                # frac (n_atoms, 3), lattice (n_crystals, 3, 3), types (n_atoms,), index [, trajectory]
+    "DiffCSP's predictor–corrector sampler with the text condition, optional guidance, and D3PM types for DNG."
+    c = self.config
+    n_cr, w = spec.n_crystals, float(guidance_scale)
+    if not math.isfinite(w): raise ValueError(f"guidance_scale must be finite, got {guidance_scale}")
+    if c.text_dim > 0 and spec.cond is None:
+        raise ValueError(f"spec.cond is missing: this TGDMat has text_dim={c.text_dim} and samples from a "
+                         f"({n_cr}, {c.text_dim}) text embedding (spec_from_batch of a batch with text_emb, or spec_from_text)")
+    if drop is not None:
+        drop = torch.as_tensor(drop, dtype=torch.bool, device=self.sigmas.device).reshape(-1)
+        if drop.shape != (n_cr,): raise ValueError(f"drop must hold one flag per crystal ({n_cr}), got {tuple(drop.shape)}")
+    if w != 1 and c.text_dim > 0 and c.p_uncond == 0:
+        warnings.warn(f"guidance_scale={w} mixes in the null condition, which a model trained with p_uncond=0 "
+                      "(as TGDMat is) never learnt; the unconditional prediction is untrained")
+    guided = self._sampling_denoiser(spec, w, drop, text_dropout)
 
-        types = None
-        if c.task == "dng":
-            d, times = self.type_grid(n_steps, grid)
-            types = AbsorbingTypes(d, times, published=c.types == "published", device=self.sigmas.device)
-        out = super().sample_tensors(spec, n_steps=n_steps, method=method, grid=grid, generator=generator,
-                                     return_trajectory=return_trajectory, step_lr=step_lr, denoiser=guided,
-                                     trajectory_every=trajectory_every, dtype=dtype, type_process=types)
-        if types is not None and return_trajectory:
-            tr = out["trajectory"]
-            tr["masked"] = torch.stack([types.masked["start"]] + [types.masked[int(s)] for s in tr["t"][1:]])
-        return out
+    types = None
+    if c.task == "dng":
+        d, times = self.type_grid(n_steps, grid)
+        types = AbsorbingTypes(d, times, published=c.types == "published", device=self.sigmas.device)
+    out = DiffCSP.sample_tensors(self, spec, n_steps=n_steps, method=method, grid=grid, generator=generator,
+                                 return_trajectory=return_trajectory, step_lr=step_lr, denoiser=guided,
+                                 trajectory_every=trajectory_every, dtype=dtype, type_process=types)
+    if types is not None and return_trajectory:
+        tr = out["trajectory"]
+        tr["masked"] = torch.stack([types.masked["start"]] + [types.masked[int(s)] for s in tr["t"][1:]])
+    return out
 
 # %% ../nbs/61_tgdmat.ipynb #d61a0001
 @patch
