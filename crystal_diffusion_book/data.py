@@ -767,6 +767,53 @@ def _cell(v):
         return None
     return v if np.isfinite(v) else None
 
+# %% ../nbs/20_data.ipynb #ld01aaaaaa
+def _split_source(dataset, split, path, cache_dir, kwargs) -> tuple:
+    "Where a split's CSV is: (path, its sha256, whether it has an index column, a label for messages)."
+    if path is None:
+        path, entry = fetch_entry(dataset, split, cache_dir=cache_dir, **kwargs)
+        return path, entry.sha256, entry.index_column, f"{path} ({entry.variant})"
+    path = Path(path)
+    if not path.is_file(): raise DataFileError(f"path: {path} does not exist or is not a file")
+    raw_sha, _ = _sha256_file(path)
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            index_column = fh.readline().startswith(",")
+    except UnicodeDecodeError as e:
+        raise DataFileError(f"{path}: not a text CSV file ({e.reason} at byte {e.start})") from None
+    return path, raw_sha, index_column, str(path)
+
+# %% ../nbs/20_data.ipynb #ld02aaaaaa
+def _read_split_rows(path, index_column, limit, props) -> tuple:
+    "The CSV's rows as (row, material_id, cif, properties) tuples, its material ids, and how many rows it has."
+    try:
+        df = pd.read_csv(path, index_col=0 if index_column else None, nrows=limit)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise DataFileError(f"{path}: not a readable CSV ({type(e).__name__}: {str(e).strip().splitlines()[0]})") from None
+    missing = [c for c in ("material_id", "cif") + props if c not in df.columns]
+    if missing:
+        raise DataFileError(f"{path}: missing column(s) {missing}; columns present: {list(df.columns)}")
+    mids = [None if (isinstance(m, float) and not np.isfinite(m)) or str(m).strip() == "" else str(m)
+            for m in df["material_id"].tolist()]
+    cifs = df["cif"].tolist()
+    pvals = {p: df[p].tolist() for p in props}
+    rows = [(i, mids[i], cifs[i], {p: _cell(pvals[p][i]) for p in props}) for i in range(len(df))]
+    return rows, mids, len(df)
+
+# %% ../nbs/20_data.ipynb #ld03aaaaaa
+def _store_of(keep, rows, mids, props) -> dict:
+    "The flat tensors of a `CrystalDataset` from the parsed rows kept: (row, (frac, types, lattice, lengths, angles))."
+    idx = [r for r, _ in keep]
+    return {"frac_coords": torch.from_numpy(np.concatenate([_wrap01(a[0]) for _, a in keep])),
+            "atom_types": torch.from_numpy(np.concatenate([a[1] for _, a in keep])),
+            "lattice": torch.from_numpy(np.stack([a[2] for _, a in keep])).double(),
+            "lengths": torch.from_numpy(np.stack([a[3] for _, a in keep])).double(),
+            "angles": torch.from_numpy(np.stack([a[4] for _, a in keep])).double(),
+            "num_atoms": torch.tensor([len(a[1]) for _, a in keep], dtype=torch.long),
+            "material_id": [mids[r] for r in idx],
+            "properties": {_prop_name(p): torch.tensor([rows[r][3][p] for r in idx], dtype=torch.float64)
+                           for p in props}}
+
 # %% ../nbs/20_data.ipynb #d69a9a7b
 def load_dataset(
     dataset,              # 'perov_5', 'carbon_24', 'mp_20', 'mpts_52' (or a name in `registry`)
@@ -793,19 +840,7 @@ def load_dataset(
     info = reg.datasets[dataset]
     options = options or ParseOptions(max_atoms=info.max_atoms)
     props = tuple(properties if properties is not None else info.properties)
-    if path is None:
-        path, entry = fetch_entry(dataset, split, cache_dir=cache_dir, **kwargs)
-        raw_sha, index_column, source = entry.sha256, entry.index_column, f"{path} ({entry.variant})"
-    else:
-        path = Path(path)
-        if not path.is_file(): raise DataFileError(f"path: {path} does not exist or is not a file")
-        raw_sha, _ = _sha256_file(path)
-        try:
-            with open(path, newline="", encoding="utf-8") as fh:
-                index_column = fh.readline().startswith(",")
-        except UnicodeDecodeError as e:
-            raise DataFileError(f"{path}: not a text CSV file ({e.reason} at byte {e.start})") from None
-        source = str(path)
+    path, raw_sha, index_column, source = _split_source(dataset, split, path, cache_dir, kwargs)
     key = hashlib.sha256(json.dumps([PROCESS_VERSION, raw_sha, dataclasses.asdict(options), props, limit, errors],
                                     sort_keys=True).encode()).hexdigest()[:20]
     pfile = default_cache_dir(cache_dir) / "processed" / f"{dataset}_{split}_{key}.pt"
@@ -815,18 +850,7 @@ def load_dataset(
             warnings.warn(f"{dataset}/{split}: {len(ds.skipped)} rows were skipped when this split was "
                           f"processed (see dataset.skipped / dataset.report())")
         return ds
-    try:
-        df = pd.read_csv(path, index_col=0 if index_column else None, nrows=limit)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise DataFileError(f"{path}: not a readable CSV ({type(e).__name__}: {str(e).strip().splitlines()[0]})") from None
-    missing = [c for c in ("material_id", "cif") + props if c not in df.columns]
-    if missing:
-        raise DataFileError(f"{path}: missing column(s) {missing}; columns present: {list(df.columns)}")
-    mids = [None if (isinstance(m, float) and not np.isfinite(m)) or str(m).strip() == "" else str(m)
-            for m in df["material_id"].tolist()]
-    cifs = df["cif"].tolist()
-    pvals = {p: df[p].tolist() for p in props}
-    rows = [(i, mids[i], cifs[i], {p: _cell(pvals[p][i]) for p in props}) for i in range(len(df))]
+    rows, mids, n_rows = _read_split_rows(path, index_column, limit, props)
     results = _parse_rows(rows, options, n_jobs, progress, f"{dataset}/{split}")
     skipped, keep = [], []
     for row, err, arrays in results:
@@ -841,18 +865,9 @@ def load_dataset(
         raise DataFileError(f"{path}: no usable rows ({len(skipped)} skipped; first reason: "
                             f"{skipped[0].reason if skipped else 'file is empty'})")
     if skipped:
-        warnings.warn(f"{dataset}/{split}: skipped {len(skipped)} of {len(df)} rows "
+        warnings.warn(f"{dataset}/{split}: skipped {len(skipped)} of {n_rows} rows "
                       f"(see dataset.skipped / dataset.report())")
-    idx = [r for r, _ in keep]
-    store = {"frac_coords": torch.from_numpy(np.concatenate([_wrap01(a[0]) for _, a in keep])),
-             "atom_types": torch.from_numpy(np.concatenate([a[1] for _, a in keep])),
-             "lattice": torch.from_numpy(np.stack([a[2] for _, a in keep])).double(),
-             "lengths": torch.from_numpy(np.stack([a[3] for _, a in keep])).double(),
-             "angles": torch.from_numpy(np.stack([a[4] for _, a in keep])).double(),
-             "num_atoms": torch.tensor([len(a[1]) for _, a in keep], dtype=torch.long),
-             "material_id": [mids[r] for r in idx],
-             "properties": {_prop_name(p): torch.tensor([rows[r][3][p] for r in idx], dtype=torch.float64)
-                            for p in props}}
+    store = _store_of(keep, rows, mids, props)
     ds = CrystalDataset(store, name=dataset, split=split, skipped=skipped, source=source)
     if use_cache:
         pfile.parent.mkdir(parents=True, exist_ok=True)
