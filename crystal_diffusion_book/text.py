@@ -233,6 +233,39 @@ def cache_key(**parts):   # everything that changes the text, as keyword argumen
     "A short stable hash of the cache parameters."
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
+# %% ../nbs/60_text.ipynb #ds01aaaaaa
+def _describe_into(jobs, done, cache_path, n_jobs, long, timeout, progress):
+    "Run the describe jobs (in this process or a pool), adding each record to `done` and appending it to the cache."
+    if not jobs: return
+    from tqdm.auto import tqdm
+    fh = None
+    if cache_path is not None:
+        Path(cache_path).parent.mkdir(parents=True, exist_ok=True)
+        fh = open(cache_path, "a")
+    bar, pool = tqdm(total=len(jobs), desc="describing", disable=not progress), None
+    try:
+        # a time limit needs a main thread; off it (e.g. under a test runner's thread) use a worker process
+        off_main = threading.current_thread() is not threading.main_thread()
+        if n_jobs == 1 and not (long and timeout and off_main):
+            it = map(_describe_job, jobs)
+        else:
+            import multiprocessing as mp
+            if long: _robocrys()       # import once here; forked workers inherit it
+            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else None)
+            pool = ctx.Pool(n_jobs, initializer=_init_worker)
+            it = pool.imap_unordered(_describe_job, jobs, chunksize=1)
+        for rec in it:
+            done[rec["row"]] = rec
+            if fh is not None:
+                fh.write(json.dumps(rec) + "\n")
+                fh.flush()                # a killed run keeps every finished crystal
+            bar.update(1)
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate(); pool.join()
+        if fh is not None: fh.close()
+
 # %% ../nbs/60_text.ipynb #7a439689
 def describe_structures(
     structures,           # list of pymatgen `Structure`s
@@ -266,40 +299,7 @@ def describe_structures(
     if max_new is not None:
         todo = todo[:max_new]
     jobs = [(i, material_ids[i], structures[i], properties[i], fields, seed, symprec, long, timeout, style) for i in todo]
-    fh = None
-    if cache_path is not None:
-        Path(cache_path).parent.mkdir(parents=True, exist_ok=True)
-        fh = open(cache_path, "a")
-    try:
-        if jobs:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=len(jobs), desc="describing", disable=not progress)
-            # a time limit needs a main thread; off it (e.g. under a test runner's thread) use a worker process
-            off_main = threading.current_thread() is not threading.main_thread()
-            if n_jobs == 1 and not (long and timeout and off_main):
-                it, pool = map(_describe_job, jobs), None
-            else:
-                import multiprocessing as mp
-                if long:
-                    _robocrys()  # import once here; forked workers inherit it
-                ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else None)
-                pool = ctx.Pool(n_jobs, initializer=_init_worker)
-                it = pool.imap_unordered(_describe_job, jobs, chunksize=1)
-            try:
-                for rec in it:
-                    done[rec["row"]] = rec
-                    if fh is not None:
-                        fh.write(json.dumps(rec) + "\n")
-                        fh.flush()
-                    bar.update(1)
-            finally:
-                bar.close()
-                if pool is not None:
-                    pool.terminate()
-                    pool.join()
-    finally:
-        if fh is not None:
-            fh.close()
+    _describe_into(jobs, done, cache_path, n_jobs, long, timeout, progress)
     wanted = set(range(n) if rows is None else rows)
     recs = [done[i] for i in sorted(done) if i in wanted]
     df = pd.DataFrame(recs, columns=["row", "material_id", "short", "long", "reason", "seconds",
