@@ -266,6 +266,23 @@ def _check_resume(path, model, preset, network):
                          + "): give the run's --preset, or another --out")
     return ck
 
+# %% ../nbs/90_cli.ipynb #ct01aaaaaa
+def _train_resume(a, out: Path, model: str, run):
+    "What `cdb train --resume/--resume-from` continues from (False: a fresh run), checked before any data are parsed."
+    if out.exists() and not out.is_dir(): raise ValueError(f"--out {out} exists and is not a folder")
+    has_ck = (out / "last.pt").exists() or (out / "prev.pt").exists()
+    resume = Path(a.resume_from) if a.resume_from else bool(a.resume)
+    if has_ck and not resume:
+        raise ValueError(f"--out {out} already holds a training run (last.pt): pass --resume to continue it, "
+                         "or choose another folder")
+    if a.resume_from and not resume.is_file(): raise ValueError(f"--resume-from: {resume} is not a file")
+    if a.resume and not a.resume_from and not has_ck:
+        raise ValueError(f"--resume: {out} holds no checkpoint (last.pt) to continue")
+    if resume:   # the checkpoint's model and network against this command's
+        _check_resume(resume if a.resume_from else out / ("last.pt" if (out / "last.pt").exists() else "prev.pt"),
+                      model, a.preset, run.network)
+    return resume
+
 # %% ../nbs/90_cli.ipynb #2480e579
 def _cmd_train(a):
     "Train one model at a preset's scale; write model.pt and run.json into --out."
@@ -283,18 +300,7 @@ def _cmd_train(a):
     run = rp.get_preset(a.preset, epochs=a.epochs, train_source=a.train_source)
     source = rp.resolve_train_source(a.dataset, run.train_source)         # once: "auto" looks in the cache and mirror
     out = Path(a.out)
-    if out.exists() and not out.is_dir(): raise ValueError(f"--out {out} exists and is not a folder")
-    has_ck = (out / "last.pt").exists() or (out / "prev.pt").exists()
-    resume = Path(a.resume_from) if a.resume_from else bool(a.resume)
-    if has_ck and not resume:
-        raise ValueError(f"--out {out} already holds a training run (last.pt): pass --resume to continue it, "
-                         "or choose another folder")
-    if a.resume_from and not resume.is_file(): raise ValueError(f"--resume-from: {resume} is not a file")
-    if a.resume and not a.resume_from and not has_ck:
-        raise ValueError(f"--resume: {out} holds no checkpoint (last.pt) to continue")
-    if resume:   # the checkpoint's model and network against this command's, before any data are parsed
-        _check_resume(resume if a.resume_from else out / ("last.pt" if (out / "last.pt").exists() else "prev.pt"),
-                      model, a.preset, run.network)
+    resume = _train_resume(a, out, model, run)
     _writable_folder(out)
     import torch
     if a.threads: torch.set_num_threads(a.threads)
