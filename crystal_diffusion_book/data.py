@@ -522,6 +522,58 @@ def _gunzip_if_needed(path):
     Path(path).unlink()
     return out
 
+# %% ../nbs/20_data.ipynb #fe01aaaaaa
+def _from_cache(cache: Path, split, cands, looked, refused):
+    "A registered version already in the cache: (path, SplitFile), or None; a file that fails its checksum is set aside."
+    for f in cands:
+        p = cache / f"{split}.{f.variant}.csv"
+        looked.append(f"cache {p}")
+        if not p.exists(): continue
+        sha, size = _sha256_file(p)
+        m = _match(sha, size, cands)
+        if m is not None:
+            if m is not f:  # a registered version under the wrong name: file it under its own
+                p = p.rename(cache / f"{split}.{m.variant}.csv")
+            return p, m
+        refused.append(f"cache {p}: checksum mismatch: actual size {size}, sha256 {sha} (moved to {p.name}.refused)")
+        p.rename(p.with_name(p.name + ".refused"))
+    return None
+
+def _fetch_sources(cands, mirror, download) -> list:
+    "Where to look after the cache, in order: (kind 'file' or 'url', location, label 'mirror' or 'upstream')."
+    sources = []
+    if mirror:
+        for rel in dict.fromkeys(r for f in cands for r in f.mirror_paths):
+            for suffix in (".gz", ""):
+                if _is_url(mirror): sources.append(("url", str(mirror).rstrip("/") + "/" + rel + suffix, "mirror"))
+                else: sources.append(("file", Path(mirror).expanduser() / (rel + suffix), "mirror"))
+    if download:
+        sources += [("url", u, "upstream") for f in cands for u in f.urls]
+    return sources
+
+# %% ../nbs/20_data.ipynb #fe02aaaaaa
+def _fetch_one(kind, src, cache: Path, split, cands, refused, timeout):
+    "Copy or download one candidate into the cache, uncompress and verify it: (path, SplitFile), or None."
+    tmp = cache / f".{split}.{os.getpid()}.{threading.get_ident()}.part"
+    try:
+        if kind == "file": shutil.copyfile(src, tmp)
+        else: _download(src, tmp, timeout=timeout)
+        tmp = _gunzip_if_needed(tmp)
+    except (OSError, urllib.error.URLError, ValueError) as e:
+        Path(tmp).unlink(missing_ok=True)
+        if not (isinstance(e, urllib.error.HTTPError) and e.code == 404):
+            refused.append(f"{src}: {e}")
+        return None
+    sha, size = _sha256_file(tmp)
+    f = _match(sha, size, cands)
+    if f is None:
+        Path(tmp).unlink()
+        refused.append(f"{src}: checksum mismatch: actual size {size}, sha256 {sha}")
+        return None
+    dest = cache / f"{split}.{f.variant}.csv"
+    os.replace(tmp, dest)                   # atomic: a reader never sees half a file
+    return dest, f
+
 # %% ../nbs/20_data.ipynb #d6c0d55f
 def fetch_entry(
     dataset,              # 'perov_5', 'carbon_24', 'mp_20' or 'mpts_52' (or a name in `registry`)
@@ -538,58 +590,16 @@ def fetch_entry(
     cands = reg.variants(dataset, split, variant)
     cache = default_cache_dir(cache_dir) / "raw" / dataset
     looked, refused = [], []
-    # 1. the cache
-    for f in cands:
-        p = cache / f"{split}.{f.variant}.csv"
-        looked.append(f"cache {p}")
-        if p.exists():
-            sha, size = _sha256_file(p)
-            m = _match(sha, size, cands)
-            if m is not None:
-                if m is not f:  # a registered version under the wrong name: file it under its own
-                    p = p.rename(cache / f"{split}.{m.variant}.csv")
-                return p, m
-            refused.append(f"cache {p}: checksum mismatch: actual size {size}, sha256 {sha} (moved to {p.name}.refused)")
-            p.rename(p.with_name(p.name + ".refused"))
-    # 2. the mirror, 3. upstream
+    hit = _from_cache(cache, split, cands, looked, refused)                # 1. the cache
+    if hit is not None: return hit
     mirror = mirror if mirror is not None else os.environ.get(MIRROR_ENV)
-    sources = []
-    if mirror:
-        rels = list(dict.fromkeys(r for f in cands for r in f.mirror_paths))
-        for rel in rels:
-            for suffix in (".gz", ""):
-                if _is_url(mirror):
-                    sources.append(("url", str(mirror).rstrip("/") + "/" + rel + suffix, "mirror"))
-                else:
-                    sources.append(("file", Path(mirror).expanduser() / (rel + suffix), "mirror"))
-    if download:
-        sources += [("url", u, "upstream") for f in cands for u in f.urls]
     cache.mkdir(parents=True, exist_ok=True)
-    for kind, src, label in sources:
+    for kind, src, label in _fetch_sources(cands, mirror, download):      # 2. the mirror, 3. upstream
         looked.append(f"{label} {src}")
         if kind == "file" and not Path(src).exists():
             continue
-        tmp = cache / f".{split}.{os.getpid()}.{threading.get_ident()}.part"
-        try:
-            if kind == "file":
-                shutil.copyfile(src, tmp)
-            else:
-                _download(src, tmp, timeout=timeout)
-            tmp = _gunzip_if_needed(tmp)
-        except (OSError, urllib.error.URLError, ValueError) as e:
-            Path(tmp).unlink(missing_ok=True)
-            if not (isinstance(e, urllib.error.HTTPError) and e.code == 404):
-                refused.append(f"{src}: {e}")
-            continue
-        sha, size = _sha256_file(tmp)
-        f = _match(sha, size, cands)
-        if f is None:
-            Path(tmp).unlink()
-            refused.append(f"{src}: checksum mismatch: actual size {size}, sha256 {sha}")
-            continue
-        dest = cache / f"{split}.{f.variant}.csv"
-        os.replace(tmp, dest)
-        return dest, f
+        hit = _fetch_one(kind, src, cache, split, cands, refused, timeout)
+        if hit is not None: return hit
     where = "\n  ".join(looked)
     if any("checksum mismatch" in r for r in refused):
         raise ChecksumError(
