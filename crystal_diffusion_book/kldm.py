@@ -266,6 +266,7 @@ def loss(self: KLDM,
     terms["loss"] = sum(w[k] * terms[k] for k in w) / len(w)              # mean over modalities (§2.9)
     return terms
 
+# %% ../nbs/33_kldm.ipynb #klopt0aaaa
 @patch
 def make_optimizer(self: KLDM):   # torch.optim.AdamW over all parameters
     "AdamW with the reference settings (lr 1e-3, amsgrad, weight decay 1e-12)."

@@ -326,17 +326,9 @@ class LatticeLatentStats:
     min_count: int = 40  # counts below this use the shrinkage estimate
     prior_count: float = 20.0  # pseudo-observations given to the pooled fit
 
-# %% ../nbs/14_lattice.ipynb #664ca88f
-@patch(cls_method=True)
-def fit(cls: LatticeLatentStats,
-        lengths,  # training-split lattice lengths, (n, 3), Å (of canonical, Niggli-reduced cells)
-        num_atoms,  # atoms per crystal, (n,) integers >= 1
-        trim=0.025,  # fraction trimmed from each tail (KLDM: 2.5 %)
-        min_count=40,  # use KLDM's trimmed per-N estimate only from this many crystals on
-        prior_count=20.0,  # strength of the pooled fit in the shrinkage estimate
-        n_max=None,  # size of the table (default: the largest N seen)
-       ):  # the fitted statistics
-    "Fit per-N loc/scale of log-lengths; thin or empty counts shrink towards a pooled log-length ~ log N fit."
+# %% ../nbs/14_lattice.ipynb #lat01aaaaa
+def _check_fit_args(lengths, num_atoms, trim, min_count, prior_count) -> tuple:
+    "`LatticeLatentStats.fit`'s inputs checked: (log-lengths (n, 3) float64, atom counts (n,) long)."
     y = torch.log(_as_float_tensor(lengths, "lengths").to(torch.float64))
     if y.ndim != 2 or y.shape[1] != 3:
         raise ValueError(f"lengths must have shape (n, 3), got {tuple(y.shape)}")
@@ -352,6 +344,20 @@ def fit(cls: LatticeLatentStats,
         raise ValueError(f"trim must lie in [0, 0.5), got {trim}")
     if min_count < 1 or prior_count <= 0:
         raise ValueError(f"need min_count >= 1 and prior_count > 0, got {min_count}, {prior_count}")
+    return y, n_at
+
+# %% ../nbs/14_lattice.ipynb #664ca88f
+@patch(cls_method=True)
+def fit(cls: LatticeLatentStats,
+        lengths,  # training-split lattice lengths, (n, 3), Å (of canonical, Niggli-reduced cells)
+        num_atoms,  # atoms per crystal, (n,) integers >= 1
+        trim=0.025,  # fraction trimmed from each tail (KLDM: 2.5 %)
+        min_count=40,  # use KLDM's trimmed per-N estimate only from this many crystals on
+        prior_count=20.0,  # strength of the pooled fit in the shrinkage estimate
+        n_max=None,  # size of the table (default: the largest N seen)
+       ):  # the fitted statistics
+    "Fit per-N loc/scale of log-lengths; thin or empty counts shrink towards a pooled log-length ~ log N fit."
+    y, n_at = _check_fit_args(lengths, num_atoms, trim, min_count, prior_count)   # (n, 3) log-lengths, (n,) long
     # 1. pooled least-squares fit of each column on log N, refitted after trimming the residual tails
     X = torch.stack([torch.ones(len(y), dtype=y.dtype), torch.log(n_at.to(y.dtype))], -1)  # (n, 2)
     coef = torch.linalg.lstsq(X, y).solution if len(n_at.unique()) > 1 else torch.stack([y.mean(0), torch.zeros(3, dtype=y.dtype)])
