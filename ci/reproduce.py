@@ -25,7 +25,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "ci"))
 NOTEBOOK = "nbs/70_reproduce_csp.ipynb"
-ABLATIONS = [  # KLDM switches (KLDM §4 ablations; method reference §2.1-2.3)
+ABLATIONS = [  # KLDM switches (KLDM paper §4 ablations; the book's appendix, chapter 95 §2.1-2.3)
     ("direct", dict(parameterization="direct")),
     ("v0-1", dict(parameterization="direct", v0_scale=1.0)),
     ("not-mean-free", dict(mean_free=False)),
