@@ -191,6 +191,13 @@ def test_collect_results_record(tmp_path):
     rec = json.loads(out.read_text())["runs"]
     assert rec == [{"run_id": "run-a", "model": "kldm", "n_test": 10, "match_rate": 0.5}]
     assert cr.main([str(out), str(tmp_path / "missing")]) == 2
+    run_b = tmp_path / "run-b"; run_b.mkdir()                     # --update: run-a replaced in place, run-b appended
+    (run_b / "results.json").write_text(json.dumps({"model": "diffcsp", "match_rate": 0.25, "n_invalid": 3}))
+    (run / "results.json").write_text(json.dumps({"model": "kldm", "match_rate": 0.75, "time_grid": "paper"}))
+    assert cr.main(["--update", str(out), str(run_b), str(run)]) == 0
+    assert json.loads(out.read_text())["runs"] == [
+        {"run_id": "run-a", "model": "kldm", "match_rate": 0.75, "time_grid": "paper"},
+        {"run_id": "run-b", "model": "diffcsp", "match_rate": 0.25, "n_invalid": 3}]
 
 
 def test_committed_cpu_record_is_complete():
