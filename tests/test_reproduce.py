@@ -204,5 +204,5 @@ def test_committed_cpu_record_is_complete():
     "The committed record the Experiments chapter plots holds every run it tabulates, each on 500 test crystals."
     rec = json.loads((Path(__file__).resolve().parents[1] / "ci" / "results" / "perov_5-cpu.json").read_text())["runs"]
     ids = {r["run_id"] for r in rec}
-    assert {"kldm-perov_5-cpu-s0", "diffcsp-perov_5-cpu-s0", "tgdmat-no-text"} <= ids
+    assert {"kldm-perov_5-cpu-s0", "diffcsp-perov_5-cpu-s0", "diffcsp-perov_5-cpu-s0-reference-grid", "tgdmat-no-text"} <= ids
     assert all(r["n_test"] == 500 and 0 <= r["match_rate"] <= 1 for r in rec)
