@@ -12,7 +12,10 @@ samples whose space group and crystal system, found by spglib at two tolerances,
     ... --model kldm-text --guidance 0 1 2 4 --run-dir runs/text/kldm-text-all --out runs/text/kldm-text-all.json
 
 `ci/collect_text.py` joins the variants' JSON into one committed record. One network per variant (training seed 0);
-the seeds are sampling seeds. Progress goes to stdout, one line per stage."""
+the seeds are sampling seeds. Progress goes to stdout, one line per stage. A text variant also records the prompt gap
+(validation loss with shuffled minus right prompts, five paired noise seeds; `text_experiments.prompt_gap`). A rerun
+resumes: training from the run folder, and the samples already in --out are kept when the variant's settings (model,
+fields, standardisation, wording, grid, test rows, epochs) are the same."""
 import argparse, json, sys, time
 from collections import Counter
 from dataclasses import replace
@@ -25,12 +28,23 @@ from crystal_diffusion_book.nfe import score_predictions
 from crystal_diffusion_book.reproduce import (TEXT_MODELS, _fmt, build_model, default_p_uncond, environment,
                                               get_preset, load_csp_data, prompt_fields_for, resolve_train_source,
                                               sample_csp, train_config)
-from crystal_diffusion_book.text_experiments import stated_symmetry, symmetry_agreement
+from crystal_diffusion_book.text_experiments import prompt_gap, stated_symmetry, symmetry_agreement
 from crystal_diffusion_book.train import default_threads, train, validation_loss
 
 
 def log(*a):
     print(time.strftime("%H:%M:%S"), *a, flush=True)
+
+
+SAME_VARIANT = ("model", "fields", "text_standardise", "prompt_style", "time_grid", "test_rows", "epochs", "sample_steps")
+
+
+def finished_samples(out: Path, record: dict) -> dict:
+    "The samples an earlier call of the same variant wrote into `out`: {(w, seed): row}; empty if any setting differs."
+    try: old = json.loads(out.read_text())
+    except (OSError, ValueError): return {}
+    if any(old.get(k) != record.get(k) for k in SAME_VARIANT): return {}
+    return {(float(r["guidance_scale"]), int(r["seed"])): r for r in old.get("samples", [])}
 
 
 def main(argv=None):
@@ -93,8 +107,15 @@ def main(argv=None):
               "prompt_spacegroups": dict(Counter(map(str, stated_sg))), "prompt_crystal_systems": dict(Counter(stated_cs)),
               **training_log(a.run_dir / "train" / "epochs.csv"), "train_seed": 0, "environment": environment(),
               "samples": []}
+    if fields:
+        record["prompt_gap"] = gap = prompt_gap(net, val_data)
+        log(f"prompt gap (shuffled - right validation loss): {gap['gap_mean']:+.4f} (SD over seeds {gap['gap_sd']:.4f})")
+    done = finished_samples(a.out, record)
     for w in a.guidance:
         for seed in a.seeds:
+            if (w, seed) in done:                 # the same variant sampled this already: keep it
+                record["samples"].append(done[w, seed])
+                continue
             t0 = time.perf_counter()
             preds = sample_csp(net, test_data, run, seed=seed, guidance_scale=w if fields else None)
             sec = time.perf_counter() - t0

@@ -110,13 +110,18 @@ def test_text_runs_end_to_end_and_collected(tmp_path, one_thread):
     sym = r["samples"][0]["symmetry"]
     assert set(sym) == {"0.1", "0.01"} and all(0 <= sym[sp][k] <= 1 for sp in sym for k in collect_text.SYMMETRY_KEYS)
     assert sum(r["prompt_crystal_systems"].values()) == r["n_test"] == 8
+    assert set(r["prompt_gap"]) >= {"gap_mean", "gap_sd", "gaps"} and len(r["prompt_gap"]["gaps"]) == 5
+    text_runs.main(["--model", "kldm-text", "--preset", "smoke", "--guidance", "0", "2", "--seeds", "0", "1", "2",
+                    "--run-dir", str(tmp_path / "k"), "--out", str(out)])     # resumed: four samples kept, one new
+    again = json.loads(out.read_text())
+    assert again["samples"][:2] + again["samples"][3:5] == r["samples"] and len(again["samples"]) == 6
     rec = collect_text.collect_text([out])
     s = rec["variants"]["kldm-text"]["summary"]
-    assert set(s) == {"0", "2"} and s["2"]["match_rate"]["n_seeds"] == 2
-    mrs = [x["match_rate"] for x in r["samples"] if x["guidance_scale"] == 2.0]
+    assert set(s) == {"0", "2"} and s["2"]["match_rate"]["n_seeds"] == 3
+    mrs = [x["match_rate"] for x in again["samples"] if x["guidance_scale"] == 2.0]
     assert s["2"]["match_rate"]["mean"] == pytest.approx(statistics.fmean(mrs), abs=1e-15)
     assert s["0"]["sg_prompt@0.1"]["mean"] == pytest.approx(statistics.fmean(
-        x["symmetry"]["0.1"]["sg_prompt"] for x in r["samples"][:2]), abs=1e-15)
+        x["symmetry"]["0.1"]["sg_prompt"] for x in again["samples"][:3]), abs=1e-15)
     other = tmp_path / "other.json"
     other.write_text(json.dumps({**r, "test_rows": r["test_rows"][:-1]}))
     with pytest.raises(ValueError, match="test rows differ"):
