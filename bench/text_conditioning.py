@@ -28,28 +28,11 @@ import torch
 from crystal_diffusion_book.reproduce import (build_model, environment, get_preset, load_csp_data, prompt_fields_for,
                                               train_config)
 from crystal_diffusion_book.text import TextEncoder
+from crystal_diffusion_book.text_experiments import derangement, shuffled_prompts
 from crystal_diffusion_book.train import train, validation_loss
 
 VARIANTS = {   # name: (text_standardise, text_out_dim); "raw" is TGDMat's conditioning at the cpu network
     "raw": (False, None), "zscore": (True, None), "width64": (False, 64), "zscore-width64": (True, 64)}
-
-
-def derangement(n, seed):
-    "A seeded permutation with no fixed point (every crystal gets another crystal's prompt)."
-    g = torch.Generator().manual_seed(seed)
-    while True:
-        p = torch.randperm(n, generator=g)
-        if not bool((p == torch.arange(n)).any()): return p.tolist()
-
-
-def shuffled_prompts(data, perm):
-    "Copies of the crystals with text_emb taken from perm[i]."
-    out = []
-    for i, d in enumerate(data):
-        c = d.clone()
-        c.text_emb = data[perm[i]].text_emb.clone()
-        out.append(c)
-    return out
 
 
 def main(argv=None):
