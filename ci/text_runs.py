@@ -128,6 +128,7 @@ def main(argv=None):
                 f"RMSE {_fmt(row['rmse'], 4)}, invalid {row['n_invalid']}, V/V0 {_fmt(row['volume_ratio_median'], 3)}; "
                 + "; ".join(f"sg=prompt@{sp} {100 * sym[sp]['sg_prompt']:.1f}" for sp in sym) + f" ({sec:.0f} s)")
         if not fields: break                      # guidance needs a condition: one pass for a model without text
+    a.out.write_text(json.dumps(record, indent=1, default=str))   # also when every sample was kept from an earlier call
 
 
 if __name__ == "__main__":

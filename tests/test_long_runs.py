@@ -115,6 +115,10 @@ def test_text_runs_end_to_end_and_collected(tmp_path, one_thread):
                     "--run-dir", str(tmp_path / "k"), "--out", str(out)])     # resumed: four samples kept, one new
     again = json.loads(out.read_text())
     assert again["samples"][:2] + again["samples"][3:5] == r["samples"] and len(again["samples"]) == 6
+    out.write_text(json.dumps({k: v for k, v in again.items() if k != "prompt_gap"}))
+    text_runs.main(["--model", "kldm-text", "--preset", "smoke", "--guidance", "0", "2", "--seeds", "0", "1", "2",
+                    "--run-dir", str(tmp_path / "k"), "--out", str(out)])     # nothing to sample: the record is still written
+    assert json.loads(out.read_text())["prompt_gap"] == again["prompt_gap"]
     rec = collect_text.collect_text([out])
     s = rec["variants"]["kldm-text"]["summary"]
     assert set(s) == {"0", "2"} and s["2"]["match_rate"]["n_seeds"] == 3
