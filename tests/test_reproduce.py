@@ -59,6 +59,9 @@ def test_preset_time_grid_reaches_the_samplers_that_have_one(monkeypatch):
         "smoke": "paper", "cpu": "skip_end", "cpu-long": "skip_end", "cpu-large": "skip_end", "paper": "paper"}
     with pytest.raises(ValueError, match="time_grid"):
         rp.get_preset("cpu", time_grid="log")
+    # z-scored text embeddings at CPU scale (chapter 74's measurement); the paper preset keeps TGDMat's raw input
+    assert {n: p.text_standardise for n, p in rp.PRESETS.items()} == {
+        "smoke": False, "cpu": True, "cpu-long": True, "cpu-large": True, "paper": False}
     from crystal_diffusion_book.data import load_dataset
     crystals = load_dataset("perov_5", "val", limit=3, progress=False, n_jobs=1)
     seen = {}
