@@ -6,7 +6,7 @@ Docs: https://crystal-diffusion-book.github.io/crystal-diffusion-book/text_exper
 
 # %% auto #0
 __all__ = ['SYMPRECS', 'symmetry_of', 'binomial_se', 'symmetry_agreement', 'stated_symmetry', 'derangement', 'shuffled_prompts',
-           'prompt_gap']
+           'prompt_gap', 'variant_label', 'summary_rows']
 
 # %% ../nbs/74_text_experiments.ipynb #c740003
 import math
@@ -120,3 +120,35 @@ def prompt_gap(
     gaps = [w - r for r, w in zip(right, wrong)]
     return {"val_loss_right": statistics.fmean(right), "val_loss_shuffled": statistics.fmean(wrong),
             "gap_mean": statistics.fmean(gaps), "gap_sd": statistics.stdev(gaps) if n_seeds > 1 else None, "gaps": gaps}
+
+# %% ../nbs/74_text_experiments.ipynb #c74r001
+def variant_label(
+    v: dict,                # one variant of the record (as ci/collect_text.py writes it)
+) -> str:                   # e.g. "TGDMat, all fields, z-scored"
+    "A short human label of a text variant: model, prompt fields, embedding treatment, wording and grid."
+    from crystal_diffusion_book.text import DATASET_FIELDS, STRUCTURAL_FIELDS
+    name = {"tgdmat": "TGDMat", "kldm-text": "text-KLDM"}.get(v["model"], v["model"])
+    fields = v.get("fields") or []
+    if not fields: parts = ["no text"]
+    elif tuple(fields) == DATASET_FIELDS[v["dataset"]][0]: parts = ["all fields"]
+    elif not set(fields) & set(STRUCTURAL_FIELDS): parts = ["no structural fields"]
+    else: parts = [", ".join(fields)]
+    if fields: parts.append("z-scored" if v.get("text_standardise") else "raw embeddings")
+    if v.get("prompt_style") == "tgdmat": parts.append("TGDMat's wording")
+    if v["model"] == "tgdmat" and v.get("time_grid", "paper") == "paper": parts.append("reference grid")
+    return f"{name}, " + ", ".join(parts)
+
+# %% ../nbs/74_text_experiments.ipynb #c74r002
+def summary_rows(
+    record: dict,           # the joined record (ci/collect_text.py)
+) -> list:                  # one dict per (variant, guidance scale): label, w and mean/sd of each figure
+    "The record's summary as flat rows: the match-rate columns and the symmetry agreement, mean and SD over seeds."
+    rows = []
+    for name, v in record["variants"].items():
+        for w, s in v["summary"].items():
+            row = {"variant": name, "label": variant_label(v), "w": float(w), "n_seeds": s["match_rate"]["n_seeds"],
+                   "val_loss": v.get("val_loss")}
+            for key, stat in s.items():
+                row[key], row[key + "_sd"] = stat["mean"], stat["std"]
+            rows.append(row)
+    return rows
