@@ -20,7 +20,7 @@ LAYERS = {   # layer -> modules of crystal_diffusion_book, bottom (0) to top
     "network": ("cspnet",),
     "models": ("model", "diffcsp", "kldm", "tgdmat", "text_kldm", "registry"),
     "train": ("train",),
-    "runs": ("reproduce", "reproduce_dng", "nfe", "cost", "published", "cli"),
+    "runs": ("reproduce", "reproduce_dng", "nfe", "cost", "text_experiments", "published", "cli"),
     "book": ("notation", "primer", "bibliography", "sources"),
 }
 
