@@ -3,7 +3,7 @@ crystals once per sampling seed (and, for a guided model, per guidance scale w) 
 match rate hides (ungated twin, invalid count, predicted/true volume) and with the prompt's symmetry: the fraction of
 samples whose space group and crystal system, found by spglib at two tolerances, equal the ones the prompt states.
 
-    # chapter 61/62 (issue 17): TGDMat with all prompt fields, z-scored embeddings (the cpu preset's choice)
+    # chapter 74: TGDMat with all prompt fields, z-scored embeddings (the cpu preset's choice)
     OMP_NUM_THREADS=1 python ci/text_runs.py --model tgdmat --run-dir runs/text/tgdmat-all --out runs/text/tgdmat-all.json
     # no text, and without the structural fields (space group, crystal system)
     ... --model tgdmat --fields none --run-dir runs/text/tgdmat-none --out runs/text/tgdmat-none.json
