@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import random
 import sys
 import time
 import traceback
@@ -36,6 +37,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_BAR = "{desc} {bar:20} {n_fmt}/{total_fmt} epochs [{elapsed}<{remaining}{postfix}]"
 KERNEL_ARGS = ["--log-level=ERROR"]  # the kernel's own warnings stay out of the driver's terminal
+KERNEL_START_TRIES = 3                # a kernel that fails to start (port race) is started again, at most this often
+KERNEL_START_FAILURES = ("Kernel didn't respond", "Address already in use", "Kernel died before replying")
 
 
 def job_threads(jobs: int, n_runs: int, cores: int | None = None) -> int:
@@ -52,13 +55,21 @@ def _run(nb: str, out: str, params: dict, threads: int | None = None) -> dict:
         os.environ["OMP_NUM_THREADS"] = str(threads)
     start = time.time()
     rec = {"notebook": nb, "output": out, "parameters": params}
-    try:
-        pm.execute_notebook(str(ROOT / nb), out, parameters=params, cwd=str(ROOT / "nbs"),
-                            kernel_name="python3", progress_bar=False, extra_arguments=KERNEL_ARGS)
-        rec["status"] = "ok"
-    except Exception as e:
-        rec["status"] = "failed"
-        rec["error"] = f"{type(e).__name__}: {str(e)[-2000:]}"
+    for attempt in range(1, KERNEL_START_TRIES + 1):
+        try:
+            pm.execute_notebook(str(ROOT / nb), out, parameters=params, cwd=str(ROOT / "nbs"),
+                                kernel_name="python3", progress_bar=False, extra_arguments=KERNEL_ARGS)
+            rec["status"] = "ok"
+            rec.pop("error", None)
+            break
+        except Exception as e:
+            rec["status"] = "failed"
+            rec["error"] = f"{type(e).__name__}: {str(e)[-2000:]}"
+            if attempt == KERNEL_START_TRIES or not any(m in str(e) for m in KERNEL_START_FAILURES):
+                break
+            # two kernels started at once can pick the same free TCP port; the loser never answers: start it again
+            rec["kernel_restarts"] = attempt
+            time.sleep(random.uniform(0.5, 2.0))
     rec["seconds"] = round(time.time() - start, 2)
     rec["results"] = _results_of(out)
     return rec

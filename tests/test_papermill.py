@@ -53,6 +53,26 @@ def test_matrix_runs_share_the_cores(tmp_path, monkeypatch):
     assert run_matrix.os.environ["OMP_NUM_THREADS"] == "5"
 
 
+def test_a_kernel_that_fails_to_start_is_started_again(tmp_path, monkeypatch):
+    "Two kernels started at once can race for a TCP port; the run is retried, other errors are not."
+    sys.path.insert(0, str(ROOT / "ci"))
+    import papermill
+    import run_matrix
+    calls = []
+    def flaky(*a, **k):
+        calls.append(1)
+        if len(calls) == 1: raise RuntimeError("Kernel didn't respond in 60 seconds")
+    monkeypatch.setattr(papermill, "execute_notebook", flaky)
+    monkeypatch.setattr(run_matrix.time, "sleep", lambda s: None)
+    rec = run_matrix._run("nbs/01_notation.ipynb", str(tmp_path / "a.ipynb"), {})
+    assert rec["status"] == "ok" and rec["kernel_restarts"] == 1 and "error" not in rec and len(calls) == 2
+    def broken(*a, **k):
+        calls.append(1); raise ValueError("a cell failed")
+    calls.clear(); monkeypatch.setattr(papermill, "execute_notebook", broken)
+    rec = run_matrix._run("nbs/01_notation.ipynb", str(tmp_path / "b.ipynb"), {})
+    assert rec["status"] == "failed" and "a cell failed" in rec["error"] and len(calls) == 1
+
+
 def test_matrix_parameters_exist_in_the_notebooks():
     "Every parameter a run matrix passes is a name of its notebook's `parameters` cell (papermill would add an unknown one silently)."
     import ast
