@@ -20,16 +20,25 @@ def seed_summary(seeds: list) -> dict:
     return out
 
 
+def read_record(
+    path: Path,           # a run's JSON file
+    fields: tuple,        # the fields it must hold
+) -> dict:                # its content
+    "A run's JSON record, with an error naming the file when it is missing, not JSON or lacks a field."
+    if not path.is_file(): raise ValueError(f"{path}: no such file")
+    try: r = json.loads(path.read_text())
+    except json.JSONDecodeError as e: raise ValueError(f"{path}: not JSON ({e})") from None
+    for key in fields:
+        if key not in r: raise ValueError(f"{path}: missing field {key!r}")
+    return r
+
+
 def collect_long(paths: list) -> dict:
     "One record from the per-model files: same dataset and test split, at least one seed each."
     runs, dataset, n_test, source = {}, None, None, None
     for p in paths:
         p = Path(p)
-        if not p.is_file(): raise ValueError(f"{p}: no such file")
-        try: r = json.loads(p.read_text())
-        except json.JSONDecodeError as e: raise ValueError(f"{p}: not JSON ({e})") from None
-        for key in ("dataset", "model", "n_test", "seeds"):
-            if key not in r: raise ValueError(f"{p}: missing field {key!r}")
+        r = read_record(p, ("dataset", "model", "n_test", "seeds"))
         if not r["seeds"]: raise ValueError(f"{p}: no sampling seed finished")
         if dataset is not None and (r["dataset"], r["n_test"]) != (dataset, n_test):
             raise ValueError(f"{p}: {r['dataset']}/{r['n_test']} test crystals, the others {dataset}/{n_test}")

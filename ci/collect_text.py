@@ -8,7 +8,7 @@ import argparse, json, sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from collect_long import seed_summary   # noqa: E402
+from collect_long import read_record, seed_summary   # noqa: E402
 
 SYMMETRY_KEYS = ("sg_prompt", "cs_prompt", "sg_truth", "cs_truth")
 
@@ -37,11 +37,7 @@ def collect_text(paths: list) -> dict:
     "One record from the variants' files: same dataset, preset and test rows, at least one sample each."
     variants, ref = {}, None
     for p in map(Path, paths):
-        if not p.is_file(): raise ValueError(f"{p}: no such file")
-        try: r = json.loads(p.read_text())
-        except json.JSONDecodeError as e: raise ValueError(f"{p}: not JSON ({e})") from None
-        for key in ("dataset", "model", "preset", "test_rows", "samples"):
-            if key not in r: raise ValueError(f"{p}: missing field {key!r}")
+        r = read_record(p, ("dataset", "model", "preset", "test_rows", "samples"))
         if not r["samples"]: raise ValueError(f"{p}: no sample finished")
         key = (r["dataset"], r["preset"], r["test_rows"])
         if ref is not None and key != ref:
