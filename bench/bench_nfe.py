@@ -26,6 +26,10 @@ DEFAULT_STEPS = {   # per sampler: step counts (NFE = steps, or 2 x steps for pc
     ("tgdmat", "pc", "skip_end"): [5, 10, 25, 50, 100, 1000],
 }
 
+LATTICE_PLAN = [   # KLDM's EM and ODE samplers with each lattice step (chapter 14, 33): (method, lattice_step, steps)
+    (meth, ls, [10, 25, 50, 100, 200]) for meth in ("em", "ode") for ls in ("euler", "exponential")
+]
+
 QUICK_PLAN = [   # (model, method, grid, steps), in the order run: the preset's and the short grids first
     ("diffcsp", "pc", "paper", 100), ("diffcsp", "pc", "skip_end", 100), ("kldm", "pc", None, 100),
     ("diffcsp", "pc", "skip_end", 10), ("diffcsp", "pc", "paper", 10), ("kldm", "pc", None, 10),
@@ -44,8 +48,9 @@ def main(argv=None):
     p.add_argument("--dataset", default="perov_5")
     p.add_argument("--n-test", type=int, default=200, help="seeded test crystals (default 200)")
     p.add_argument("--seed", type=int, default=0, help="seed of the test subset and of every sampler run")
-    p.add_argument("--plan", choices=["full", "quick"], default="full",
-                   help="full: every sampler at every step count of DEFAULT_STEPS; quick: QUICK_PLAN, most telling first")
+    p.add_argument("--plan", choices=["full", "quick", "lattice"], default="full",
+                   help="full: every sampler at every step count of DEFAULT_STEPS; quick: QUICK_PLAN, most telling first; "
+                        "lattice: KLDM EM and ODE with each lattice step (LATTICE_PLAN)")
     p.add_argument("--only", default="", help="comma list of sampler labels to run (default: all with a checkpoint)")
     p.add_argument("--max-steps", type=int, default=None, help="skip step counts above this (quick runs)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
@@ -64,10 +69,15 @@ def main(argv=None):
         p.error("--tgdmat: a text-conditioned TGDMat needs prompt embeddings, which this benchmark does not build")
     only = {s.strip() for s in a.only.split(",") if s.strip()}
     settings = []
-    plan = DEFAULT_STEPS.items() if a.plan == "full" else [((m, me, g), [S]) for m, me, g, S in QUICK_PLAN]
-    for (m, meth, grid), steps in plan:
+    if a.plan == "lattice":
+        plan = [(("kldm", meth, None), steps, {"lattice_step": ls}) for meth, ls, steps in LATTICE_PLAN]
+    elif a.plan == "full":
+        plan = [(key, steps, {}) for key, steps in DEFAULT_STEPS.items()]
+    else:
+        plan = [((m, me, g), [S], {}) for m, me, g, S in QUICK_PLAN]
+    for (m, meth, grid), steps, options in plan:
         if m not in models: continue
-        st = SamplerSetting(m, meth, [s for s in steps if a.max_steps is None or s <= a.max_steps], grid)
+        st = SamplerSetting(m, meth, [s for s in steps if a.max_steps is None or s <= a.max_steps], grid, options=options)
         if (not only or st.label in only) and st.steps: settings.append(st)
     test_all = load_dataset(a.dataset, "test")
     idx = test_indices(len(test_all), a.n_test, a.seed)

@@ -573,3 +573,55 @@ def reverse_em_step(self: VPSDE,
     b = self._bc(self.beta(_as_float_tensor(t, "t", like=x_t)), x_t)
     h = self._bc(h, x_t)
     return x_t + h * b * (0.5 * x_t + score) + (h * b).sqrt() * z
+
+# %% ../nbs/14_lattice.ipynb #c0ffee14a0000002
+@patch
+def x0_from_score(self: VPSDE,
+                  x_t,  # noisy latents, (n, 6)
+                  score,  # a score at (x_τ, τ), same shape
+                  t,  # times τ in (0, 1], a float or (n,)
+                 ):  # the x0-prediction (x_τ + σ² s)/α that the score implies, same shape
+    "Inverse of `score_from_x0`: the x̂0 a score stands for (guided scores included)."
+    x_t = _as_float_tensor(x_t, "x_t"); score = _as_float_tensor(score, "score", like=x_t)
+    t = _as_float_tensor(t, "t", like=x_t)
+    return (x_t + self._bc(self.sigma(t), x_t) ** 2 * score) / self._bc(self.alpha(t), x_t)
+
+# %% ../nbs/14_lattice.ipynb #c0ffee14a0000003
+@patch
+def _bridge(self: VPSDE, x_t, t, h):
+    "(α_τ, σ_τ, α_s, σ_s, σ²_{τ|s}) for a step from τ to s = τ - h, shaped to broadcast against x_t."
+    t = _as_float_tensor(t, "t", like=x_t); h = _as_float_tensor(h, "h", like=x_t)
+    if not bool((h > 0).all()) or not bool((t - h >= 0).all()):
+        raise ValueError("need 0 < h <= τ: the step goes from τ to τ - h >= 0")
+    s = t - h
+    var_ts = -torch.expm1(-(self.integral_beta(t) - self.integral_beta(s)))     # 1 - (α_τ/α_s)², accurate for small h
+    return tuple(self._bc(c, x_t) for c in (self.alpha(t), self.sigma(t), self.alpha(s), self.sigma(s), var_ts))
+
+# %% ../nbs/14_lattice.ipynb #c0ffee14a0000004
+@patch
+def posterior_step(self: VPSDE,
+                   x_t,  # current latents at time τ, (n, 6)
+                   x0_hat,  # the x0-prediction at (x_τ, τ), held fixed over the step
+                   t,  # current times τ in (0, 1], a float or (n,)
+                   h,  # step size in (0, τ] (the step goes from τ to τ - h)
+                   z,  # standard normal noise, same shape as x_t
+                  ):  # latents at time τ - h: a draw from q(x_{τ-h} | x_τ, x0 = x̂0)
+    "Exact reverse-SDE step with x̂0 fixed (exponential integrator): the forward bridge's mean plus its std times z."
+    x_t = _as_float_tensor(x_t, "x_t"); x0_hat = _as_float_tensor(x0_hat, "x0_hat", like=x_t)
+    z = _as_float_tensor(z, "z", like=x_t)
+    a_t, s_t, a_s, s_s, var_ts = self._bridge(x_t, t, h)
+    mean = (a_t / a_s) * s_s**2 / s_t**2 * x_t + a_s * var_ts / s_t**2 * x0_hat
+    return mean + (var_ts.sqrt() * s_s / s_t) * z
+
+# %% ../nbs/14_lattice.ipynb #c0ffee14a0000005
+@patch
+def flow_step(self: VPSDE,
+              x_t,  # current latents at time τ, (n, 6)
+              x0_hat,  # the x0-prediction at (x_τ, τ), held fixed over the step
+              t,  # current times τ in (0, 1], a float or (n,)
+              h,  # step size in (0, τ]
+             ):  # latents at time τ - h along the probability flow
+    "Exact probability-flow step with x̂0 fixed (DDIM): α_s x̂0 + σ_s (x_τ - α_τ x̂0) / σ_τ."
+    x_t = _as_float_tensor(x_t, "x_t"); x0_hat = _as_float_tensor(x0_hat, "x0_hat", like=x_t)
+    a_t, s_t, a_s, s_s, _ = self._bridge(x_t, t, h)
+    return a_s * x0_hat + s_s * (x_t - a_t * x0_hat) / s_t

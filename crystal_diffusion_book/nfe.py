@@ -23,10 +23,12 @@ class SamplerSetting:
     method: str                     # the model's `method=` ("pc", "predictor", "em", "ode")
     steps: list                     # step counts S to sweep
     grid: str | None = None         # DiffCSP / TGDMat time grid ("paper", "skip_end"); None for KLDM
-    label: str = ""                 # name in tables and figures (default: model method grid)
+    label: str = ""                 # name in tables and figures (default: model method grid options)
+    options: dict = field(default_factory=dict)   # more `sample` keywords, e.g. {"lattice_step": "exponential"} (KLDM)
 
     def __post_init__(self):
-        if not self.label: self.label = " ".join(x for x in (self.model, self.method, self.grid) if x)
+        if not self.label:
+            self.label = " ".join(str(x) for x in (self.model, self.method, self.grid, *self.options.values()) if x)
         if not self.steps or min(int(s) for s in self.steps) < 1:
             raise ValueError(f"{self.label}: steps must be positive integers, got {self.steps}")
 
@@ -37,7 +39,7 @@ def nfe(model, setting: SamplerSetting, n_steps: int) -> int:
 
 def sampler_kwargs(setting: SamplerSetting) -> dict:
     "The keyword arguments `CrystalModel.sample` gets for a setting."
-    kw = {"method": setting.method}
+    kw = {"method": setting.method, **setting.options}
     if setting.grid is not None: kw["grid"] = setting.grid
     return kw
 
@@ -91,6 +93,7 @@ def sweep(
                 preds += net.sample(batch, n_steps=int(S), generator=gen, **sampler_kwargs(st))
             sec, cpu = time.perf_counter() - t0, time.process_time() - cpu0
             row = {"label": st.label, "model": st.model, "method": st.method, "grid": st.grid, "steps": int(S),
+                   **({"options": dict(st.options)} if st.options else {}),
                    "nfe": nfe(net, st, S), **score_predictions(preds, test_data, sec), "cpu_seconds": cpu}
             rows.append(row)
             if on_row is not None: on_row(rows)

@@ -42,7 +42,7 @@ def test_defaults_are_the_reference():
 
 @pytest.mark.parametrize("kw, name", [(dict(v0_init_scale=1.0), "v0_init_scale"), (dict(t_f=0.0), "t_f"),
                                       (dict(method="ddim"), "method"), (dict(tau_min=0.0), "tau_min"),
-                                      (dict(task="xyz"), "task")])
+                                      (dict(task="xyz"), "task"), (dict(lattice_step="heun"), "lattice_step")])
 def test_bad_config(kw, name):
     with pytest.raises(ValueError, match=name):
         KLDMConfig.make(**kw) if "task" not in kw else KLDMConfig.make(kw["task"])
@@ -155,6 +155,41 @@ def test_sample_structures_trajectory_and_checkpoint(crystals, batch, tmp_path):
 def test_bad_sampler_arguments(crystals, batch):
     m = model(crystals)
     spec = spec_from_batch(batch)
-    for kw, name in [(dict(method="ddpm"), "method"), (dict(n_steps=0), "n_steps"), (dict(t_end=1.0), "t_end")]:
+    for kw, name in [(dict(method="ddpm"), "method"), (dict(n_steps=0), "n_steps"), (dict(t_end=1.0), "t_end"),
+                     (dict(method="em", lattice_step="rk4"), "lattice_step")]:
         with pytest.raises(ValueError, match=name):
             m.sample_tensors(spec, **kw)
+
+
+@pytest.mark.parametrize("method", ["em", "ode"])
+def test_exponential_lattice_step_is_exact_for_a_point_mass(crystals, method):
+    "With a point-mass lattice the exponential step's law does not depend on the step count (chapter 14); Euler's does."
+    m = model(crystals, simplified=False, mean_free=False, t_f=8.0)
+    l0 = torch.randn(1, 6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    spec = CompositionSpec(torch.full((300,), 6), torch.ones(300, dtype=torch.long))
+    def end(n, step):
+        out = m.sample_tensors(spec, n_steps=n, method=method, lattice_step=step, generator=torch.Generator().manual_seed(2),
+                               denoiser=_exact_denoiser(m.config, l0))
+        return out["latent"]
+    few, many = end(4, "exponential"), end(200, "exponential")
+    if method == "ode":   # deterministic: the same end point from the same prior draw
+        assert (few - many).abs().max() < 1e-10 and (end(4, "euler") - many).abs().max() > 1e-2
+    else:   # the exact chain from x1 ~ N(0, I) at τ = 1: x_end ~ N(α_e l0 - k α_1 l0, k² + σ²_{1|e} σ_e² / σ_1²)
+        vp, te = m.vpsde, torch.tensor([m.config.t_end, 1.0], dtype=torch.float64)
+        (a_e, a_1), (s_e, s_1) = vp.alpha(te), vp.sigma(te)
+        var_1e = 1 - (a_1 / a_e) ** 2
+        k = (a_1 / a_e) * s_e**2 / s_1**2
+        mean, std = a_e * l0[0] - k * a_1 * l0[0], torch.sqrt(k**2 + var_1e * s_e**2 / s_1**2)
+        n = few.shape[0]
+        for x in (few, many):   # 5 standard errors of the mean and of the standard deviation, per dimension
+            assert ((x.mean(0) - mean).abs() < 5 * std / math.sqrt(n)).all()
+            assert ((x.std(0) - std).abs() < 5 * std / math.sqrt(2 * (n - 1))).all()
+
+
+def test_pc_ignores_lattice_step(crystals, batch):
+    "PC's lattice moves are DDIM and Langevin whatever lattice_step says: the two settings give identical samples."
+    m = model(crystals)
+    spec = spec_from_batch(batch)
+    a, b = (m.sample_tensors(spec, n_steps=3, method="pc", lattice_step=k, generator=torch.Generator().manual_seed(5))
+            for k in ("euler", "exponential"))
+    assert torch.equal(a["latent"], b["latent"]) and torch.equal(a["frac"], b["frac"])

@@ -292,3 +292,34 @@ def test_latent_stats_json_round_trip():
         assert torch.equal(getattr(st, name), getattr(st2, name)), name
     with pytest.raises(ValueError, match="d is missing"):
         LatticeLatentStats.from_dict({"loc": []})
+
+
+def test_x0_from_score_inverts_score_from_x0():
+    vp, g = VPSDE(), torch.Generator().manual_seed(0)
+    x, x0 = torch.randn(7, 6, generator=g, dtype=torch.float64), torch.randn(7, 6, generator=g, dtype=torch.float64)
+    t = torch.rand(7, generator=g, dtype=torch.float64) * 0.98 + 0.01
+    back = vp.x0_from_score(x, vp.score_from_x0(x, x0, t), t)
+    assert back.dtype == torch.float64 and torch.allclose(back, x0, rtol=0, atol=1e3 * EPS64 / vp.alpha(t).min())
+
+
+def test_bridge_steps_compose():
+    "Two bridge steps with the same x̂0 equal one (the forward bridge is a Markov chain): means, variances, DDIM points."
+    vp, x0 = VPSDE(), torch.tensor([0.3], dtype=torch.float64)
+    x, zero, one = torch.tensor([1.1], dtype=torch.float64), torch.zeros(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64)
+    flow_two = vp.flow_step(vp.flow_step(x, x0, 0.8, 0.3), x0, 0.5, 0.2)
+    assert torch.allclose(flow_two, vp.flow_step(x, x0, 0.8, 0.5), rtol=0, atol=1e-13)
+    mean1, std1 = vp.posterior_step(x, x0, 0.8, 0.3, zero), vp.posterior_step(x, x0, 0.8, 0.3, one) - vp.posterior_step(x, x0, 0.8, 0.3, zero)
+    lin = vp.posterior_step(one, x0, 0.5, 0.2, zero) - vp.posterior_step(zero, x0, 0.5, 0.2, zero)   # coefficient on x
+    mean2 = vp.posterior_step(mean1, x0, 0.5, 0.2, zero)
+    var2 = lin**2 * std1**2 + (vp.posterior_step(x, x0, 0.5, 0.2, one) - vp.posterior_step(x, x0, 0.5, 0.2, zero))**2
+    m_direct = vp.posterior_step(x, x0, 0.8, 0.5, zero)
+    v_direct = (vp.posterior_step(x, x0, 0.8, 0.5, one) - m_direct) ** 2
+    assert torch.allclose(mean2, m_direct, rtol=0, atol=1e-13) and torch.allclose(var2, v_direct, rtol=0, atol=1e-13)
+
+
+def test_bridge_steps_refuse_bad_steps():
+    vp, x = VPSDE(), torch.zeros(2, 6, dtype=torch.float64)
+    for t, h in ((0.5, 0.0), (0.5, 0.6), (0.5, -0.1)):
+        with pytest.raises(ValueError, match="h"):
+            vp.flow_step(x, x, t, h)
+    assert torch.allclose(vp.posterior_step(x, x + 2, 0.5, 0.5, torch.ones_like(x)), x + 2)   # to τ = 0: exactly x̂0

@@ -243,3 +243,15 @@ def test_cfg_combine():
     assert torch.equal(text.cfg_combine(c, u, 2.0)["a"], torch.tensor([2.0, 0.0]))
     with pytest.raises(ValueError, match="different keys"):
         text.cfg_combine(c, {"a": u["a"]}, 2.0)
+
+
+def test_robocrys_speedups_fall_back_and_toggle():
+    "A condenser without the attributes the speed-ups rely on leaves pymatgen untouched; the switch returns the old value."
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+    before = StructureMatcher.fit_anonymous
+    assert text._install_speedups(object()) is False and StructureMatcher.fit_anonymous is before
+    old = text.set_robocrys_speedups(False)
+    try:
+        assert text.set_robocrys_speedups(True) is False
+    finally:
+        text.set_robocrys_speedups(old)
