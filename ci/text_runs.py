@@ -10,12 +10,14 @@ samples whose space group and crystal system, found by spglib at two tolerances,
     ... --model tgdmat --fields formation_energy,formula,elements --run-dir ... --out ...
     # text-guided KLDM (condition dropout 0.1) and the guidance sweep
     ... --model kldm-text --guidance 0 1 2 4 --run-dir runs/text/kldm-text-all --out runs/text/kldm-text-all.json
+    # TGDMat with robocrys's long descriptions (fill the cache first: cdb describe --long, train, val and test)
+    ... --model tgdmat --text-kind long --run-dir runs/text/tgdmat-long --out runs/text/tgdmat-long.json
 
 `ci/collect_text.py` joins the variants' JSON into one committed record. One network per variant (training seed 0);
 the seeds are sampling seeds. Progress goes to stdout, one line per stage. A text variant also records the prompt gap
 (validation loss with shuffled minus right prompts, five paired noise seeds; `text_experiments.prompt_gap`). A rerun
 resumes: training from the run folder, and the samples already in --out are kept when the variant's settings (model,
-fields, standardisation, wording, grid, test rows, epochs) are the same."""
+fields, text kind, standardisation, wording, grid, test rows, epochs) are the same."""
 import argparse, json, sys, time
 from collections import Counter
 from dataclasses import replace
@@ -28,7 +30,8 @@ from crystal_diffusion_book.nfe import score_predictions
 from crystal_diffusion_book.reproduce import (TEXT_MODELS, _fmt, build_model, default_p_uncond, environment,
                                               get_preset, load_csp_data, prompt_fields_for, resolve_train_source,
                                               sample_csp, train_config)
-from crystal_diffusion_book.text_experiments import prompt_gap, stated_symmetry, symmetry_agreement
+from crystal_diffusion_book.text import PROMPT_STYLES
+from crystal_diffusion_book.text_experiments import prompt_gap, stated_symmetry, symmetries, symmetry_agreement
 from crystal_diffusion_book.train import default_threads, train, validation_loss
 
 
@@ -36,14 +39,16 @@ def log(*a):
     print(time.strftime("%H:%M:%S"), *a, flush=True)
 
 
-SAME_VARIANT = ("model", "fields", "text_standardise", "prompt_style", "time_grid", "test_rows", "epochs", "sample_steps")
+SAME_VARIANT = ("model", "fields", "text_standardise", "prompt_style", "time_grid", "test_rows", "epochs", "sample_steps",
+                "text_kind")
+KIND_DEFAULT = {"text_kind": "short"}   # records written before the long prompts existed are short-prompt records
 
 
 def finished_samples(out: Path, record: dict) -> dict:
     "The samples an earlier call of the same variant wrote into `out`: {(w, seed): row}; empty if any setting differs."
     try: old = json.loads(out.read_text())
     except (OSError, ValueError): return {}
-    if any(old.get(k) != record.get(k) for k in SAME_VARIANT): return {}
+    if any(old.get(k, KIND_DEFAULT.get(k)) != record.get(k, KIND_DEFAULT.get(k)) for k in SAME_VARIANT): return {}
     return {(float(r["guidance_scale"]), int(r["seed"])): r for r in old.get("samples", [])}
 
 
@@ -55,8 +60,10 @@ def main(argv=None):
     p.add_argument("--fields", default=None, help="prompt fields: comma-separated, 'none' (no text), default TGDMat's")
     p.add_argument("--standardise", choices=("preset", "yes", "no"), default="preset",
                    help="z-score the text embeddings with training statistics (default: the preset's choice)")
-    p.add_argument("--prompt-style", choices=("ours", "tgdmat"), default="ours",
+    p.add_argument("--prompt-style", choices=PROMPT_STYLES, default="ours",
                    help="the short prompt's wording: ours or TGDMat's code's (text.short_prompt)")
+    p.add_argument("--text-kind", choices=("short", "long"), default="short",
+                   help="short: the templated prompt; long: robocrys's description (the short prompt where robocrys failed)")
     p.add_argument("--grid", choices=("preset", "paper", "skip_end"), default="preset",
                    help="TGDMat's sampler time grid (default: the preset's; KLDM has none)")
     p.add_argument("--p-uncond", type=float, default=None, help="condition dropout (default: the model's)")
@@ -83,9 +90,10 @@ def main(argv=None):
         encoder = TextEncoder()
     t0 = time.perf_counter()
     train_data, val_data, test_data, test_idx = load_csp_data(a.dataset, replace(run, train_source=source), 0,
-                                                              fields or None, "short", encoder, style=a.prompt_style)
+                                                              fields or None, a.text_kind, encoder, style=a.prompt_style)
     stated_sg, stated_cs = stated_symmetry(a.dataset, test_idx, a.prompt_style if fields else "ours")
     truths = [data_to_structure(d) for d in test_data]
+    truth_sym = symmetries(truths)                     # once, not once per (w, seed) sample
     log(f"data: train {len(train_data)}, val {len(val_data)}, test {len(test_data)}; fields {list(fields) or 'none'}; "
         f"standardise {run.text_standardise}; p_uncond {pu} ({time.perf_counter() - t0:.0f} s)")
     torch.manual_seed(0)
@@ -99,7 +107,8 @@ def main(argv=None):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from long_run import training_log
     record = {"dataset": a.dataset, "model": a.model, "preset": run.name, "train_source": source,
-              "fields": list(fields), "prompt_style": a.prompt_style if fields else None, "text_standardise": bool(run.text_standardise) if fields else None,
+              "fields": list(fields), "text_kind": a.text_kind if fields else "short",
+              "prompt_style": a.prompt_style if fields else None, "text_standardise": bool(run.text_standardise) if fields else None,
               "text_out_dim": run.text_out_dim, "p_uncond": pu, "epochs": int(res["epoch"]), "steps": int(res["step"]),
               "n_params": sum(q.numel() for q in net.parameters()), "n_train": len(train_data), "n_val": len(val_data),
               "n_test": len(test_data), "test_rows": test_idx, "sample_steps": run.sample_steps,
@@ -120,7 +129,7 @@ def main(argv=None):
             preds = sample_csp(net, test_data, run, seed=seed, guidance_scale=w if fields else None)
             sec = time.perf_counter() - t0
             row = {"guidance_scale": w, "seed": seed, **score_predictions(preds, test_data, sec),
-                   "symmetry": symmetry_agreement(preds, truths, stated_sg, stated_cs)}
+                   "symmetry": symmetry_agreement(preds, truths, stated_sg, stated_cs, truth_symmetry=truth_sym)}
             record["samples"].append(row)
             a.out.write_text(json.dumps(record, indent=1, default=str))
             sym = row["symmetry"]

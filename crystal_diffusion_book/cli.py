@@ -554,7 +554,7 @@ def _text_opts(q):
                    "dataset; 'none': no text)")
     q.add_argument("--text-kind", default="short", choices=["short", "long"],
                    help="text models: TGDMat's short prompt or robocrys's long description (default short)")
-    q.add_argument("--prompt-style", default="ours", choices=["ours", "tgdmat"],
+    q.add_argument("--prompt-style", default="ours", choices=["ours", "tgdmat"],   # text.PROMPT_STYLES, literal so --help skips torch (tested)
                    help="text models: the short prompt's wording, ours or TGDMat's code's (default ours; chapter 60)")
 
 # %% ../nbs/90_cli.ipynb #cp01aaaaaa

@@ -9,8 +9,8 @@ __all__ = ['TRAIN_SOURCES', 'EPOCHS_LARGE', 'PRESETS', 'CPU_LONG_SAMPLER', 'MODE
            'PUBLISHED_CSP', 'TGDMAT_FIELD_ABLATION', 'STATUS_LABELS', 'DEGENERATE_LENGTH', 'RunPreset', 'get_preset',
            'default_p_uncond', 'build_model', 'train_config', 'prompt_fields_for', 'PublishedNumber', 'published',
            'run_label', 'results_table', 'environment', 'test_indices', 'resolve_train_source', 'val_substitute',
-           'text_rows', 'load_csp_data', 'drop_degenerate', 'sample_csp', 'loss_figure', 'crystals_figure',
-           'write_progress', 'run_csp', 'write_results']
+           'describe_rows', 'text_rows', 'load_csp_data', 'drop_degenerate', 'sample_csp', 'loss_figure',
+           'crystals_figure', 'write_progress', 'run_csp', 'write_results']
 
 # %% ../nbs/70_reproduce_csp.ipynb #80a40b81
 import json
@@ -394,19 +394,18 @@ def val_substitute(
     return [val_all[i] for i in rest], [val_all[i] for i in hold]
 
 # %% ../nbs/70_reproduce_csp.ipynb #a434380d
-def text_rows(
+def describe_rows(
     dataset: str,          # dataset name
     split: str,            # "train", "val" or "test"
-    rows: list,            # row numbers of the split to describe and embed
+    rows: list,            # row numbers of the split to describe
     fields: tuple,         # prompt fields (see `prompt_fields_for`)
     kind: str = "short",   # "short" (TGDMat's templated prompt) or "long" (robocrys, short where it failed)
-    encoder=None,          # a `text.TextEncoder` (default: MiniLM)
     data=None,             # the split's crystals if already loaded (default: loaded here)
     seed: int = 0,         # shuffle seed of the prompts (0: the cache's default)
     progress: bool = False,  # progress bars
     style: str = "ours",     # short-prompt wording: "ours" or "tgdmat" (`text.short_prompt`)
-) -> tuple:                # (list of the rows' Data with text_emb (1, d) and text, list of their prompts)
-    "Prompts and embeddings of some rows of a split, through the same description cache as `text.describe_split`."
+):                         # (DataFrame of the rows' cache records indexed by row, the split's crystals)
+    "The description-cache records of some rows of a split, describing only the rows the cache lacks."
     from crystal_diffusion_book import data as cdb_data, text
     if kind not in ("short", "long"): raise ValueError(f"kind must be 'short' or 'long', got {kind!r}")
     ds = data if data is not None else cdb_data.load_dataset(dataset, split, progress=progress)
@@ -423,7 +422,26 @@ def text_rows(
     ids = [str(getattr(d, "material_id", i)) for i, d in enumerate(ds)]
     df = text.describe_structures(_Structures(), props, fields, ids, cache_path=cached.attrs["cache_path"], seed=seed,
                                   long=long, progress=progress, rows=rows, style=style).set_index("row")
-    texts = [str(t) for t in df.loc[rows, "text" if long else "short"]]
+    return df, ds
+
+# %% ../nbs/70_reproduce_csp.ipynb #c0ffee70a0000001
+def text_rows(
+    dataset: str,          # dataset name
+    split: str,            # "train", "val" or "test"
+    rows: list,            # row numbers of the split to describe and embed
+    fields: tuple,         # prompt fields (see `prompt_fields_for`)
+    kind: str = "short",   # "short" (TGDMat's templated prompt) or "long" (robocrys, short where it failed)
+    encoder=None,          # a `text.TextEncoder` (default: MiniLM)
+    data=None,             # the split's crystals if already loaded (default: loaded here)
+    seed: int = 0,         # shuffle seed of the prompts (0: the cache's default)
+    progress: bool = False,  # progress bars
+    style: str = "ours",     # short-prompt wording: "ours" or "tgdmat" (`text.short_prompt`)
+) -> tuple:                # (list of the rows' Data with text_emb (1, d) and text, list of their prompts)
+    "Prompts and embeddings of some rows of a split, through the same description cache as `text.describe_split`."
+    from crystal_diffusion_book import data as cdb_data, text
+    df, ds = describe_rows(dataset, split, rows, fields, kind, data, seed, progress, style)
+    rows = [int(i) for i in rows]
+    texts = [str(t) for t in df.loc[rows, "text" if kind == "long" else "short"]]
     emb = text.embed_texts(texts, encoder, cache_dir=cdb_data.default_cache_dir() / "text" / "embeddings")
     return text.attach_text_embeddings([ds[i] for i in rows], emb, texts), texts
 
@@ -555,7 +573,8 @@ def _check_csp_args(model, text_kind, prompt_style, guidance_scale):
     "The errors run_csp's arguments get before any work starts."
     if model not in MODELS: raise ValueError(f"model must be one of {MODELS}, got {model!r}")
     if text_kind not in ("short", "long"): raise ValueError(f"text_kind must be 'short' or 'long', got {text_kind!r}")
-    if prompt_style not in ("ours", "tgdmat"): raise ValueError(f"prompt_style must be 'ours' or 'tgdmat', got {prompt_style!r}")
+    from crystal_diffusion_book.text import PROMPT_STYLES
+    if prompt_style not in PROMPT_STYLES: raise ValueError(f"prompt_style must be one of {PROMPT_STYLES}, got {prompt_style!r}")
     if not (isinstance(guidance_scale, (int, float)) and math.isfinite(guidance_scale) and guidance_scale >= 0):
         raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
 

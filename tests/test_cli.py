@@ -169,3 +169,12 @@ def test_train_on_the_val_substitute_says_so(tmp_path):
     assert json.loads((tmp_path / "r" / "run.json").read_text())["train_source"] == "val"
     code, _, err = run("train", "--dataset", "carbon_24", "--model", "diffcsp", "--train-source", "maybe", "--out", tmp_path / "x")
     assert code == 2 and "--train-source" in err
+
+
+def test_prompt_style_choices_follow_the_text_module():
+    "`cdb`'s --prompt-style lists text.PROMPT_STYLES literally (so --help does not import torch): they must agree."
+    from crystal_diffusion_book.cli import parser
+    from crystal_diffusion_book.text import PROMPT_STYLES
+    train = parser()._subparsers._group_actions[0].choices["train"]
+    (opt,) = [a for a in train._actions if "--prompt-style" in a.option_strings]
+    assert tuple(opt.choices) == PROMPT_STYLES
