@@ -28,7 +28,7 @@ DEFAULT_STEPS = {   # per sampler: step counts (NFE = steps, or 2 x steps for pc
 
 LATTICE_PLAN = [   # KLDM's EM and ODE samplers with each lattice step (chapter 14, 33): (method, lattice_step, steps)
     (meth, ls, [10, 25, 50, 100, 200]) for meth in ("em", "ode") for ls in ("euler", "exponential")
-]
+] + [("pc", None, [100, 1000])]   # on the same checkpoint: the cpu preset's sampler and the 1000-step reference
 
 QUICK_PLAN = [   # (model, method, grid, steps), in the order run: the preset's and the short grids first
     ("diffcsp", "pc", "paper", 100), ("diffcsp", "pc", "skip_end", 100), ("kldm", "pc", None, 100),
@@ -70,7 +70,7 @@ def main(argv=None):
     only = {s.strip() for s in a.only.split(",") if s.strip()}
     settings = []
     if a.plan == "lattice":
-        plan = [(("kldm", meth, None), steps, {"lattice_step": ls}) for meth, ls, steps in LATTICE_PLAN]
+        plan = [(("kldm", meth, None), steps, {"lattice_step": ls} if ls else {}) for meth, ls, steps in LATTICE_PLAN]
     elif a.plan == "full":
         plan = [(key, steps, {}) for key, steps in DEFAULT_STEPS.items()]
     else:

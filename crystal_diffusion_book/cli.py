@@ -153,41 +153,29 @@ def _eval_report(res, ids, preds, unreadable, n_scored):
     lines.append(repr(res))
     return "\n".join(lines), rate_pred
 
-# %% ../nbs/90_cli.ipynb #554bc9f8
-def _cmd_evaluate_csp(a):
-    "Score predicted CIFs against a split under a named CSP protocol, saying what was predicted, read and scored."
-    import inspect
-    skipped = []
-    preds = read_predictions(a.pred, skipped)          # a bad folder is refused before any import
-    if a.out: _writable_file(a.out)
-    _check_dataset(a.dataset)
+# %% ../nbs/90_cli.ipynb #c0ffee90a0000001
+def _read_predicted(a, ids, preds, skipped) -> tuple:
+    "Read each ground-truth id's predicted CIFs: (samples per id, unreadable files, ids with a structure, unknown ids)."
     from tqdm.auto import tqdm
-    from crystal_diffusion_book.data import load_dataset, data_to_structure
-    from crystal_diffusion_book.metrics import csp_metrics, CSP_PROTOCOLS
-    if a.protocol not in CSP_PROTOCOLS: raise ValueError(f"--protocol must be one of {sorted(CSP_PROTOCOLS)}, got {a.protocol!r}")
-    with _job(f"cdb evaluate-csp ({a.dataset}/{a.split})"):
-        gts = load_dataset(a.dataset, a.split, limit=a.limit, cache_dir=a.cache_dir, mirror=a.mirror)
-        ids = [d.material_id for d in gts]
-        unreadable = [{"file": str(p), "reason": why} for p, why in skipped]
-        samples = []
-        for i in tqdm(ids, desc="reading CIFs", disable=a.quiet, mininterval=1):
-            got = []
-            for _, p in preds.get(i, []):
-                s, why = _read_cif(p)
-                if why: unreadable.append({"file": str(p), "reason": why})
-                got.append(s)
-            samples.append(got or [None])
-        n_scored = sum(any(s is not None for s in got) for got in samples)
-        unknown = sorted(set(preds) - set(ids))
-        if unknown:
-            print(f"warning: {len(unknown)} predicted ids are not in {a.dataset}/{a.split}"
-                  f"{' (first rows only: --limit)' if a.limit else ''}, e.g. {unknown[:3]}", file=sys.stderr)
-        kw = dict(protocol=a.protocol, n_procs=a.procs, progress=not a.quiet)
-        if a.timeout is not None:
-            if "timeout" not in inspect.signature(csp_metrics).parameters:
-                raise ValueError("--timeout: this version of metrics.csp_metrics has no per-pair time limit")
-            kw["timeout"] = a.timeout
-        res = csp_metrics(samples, [data_to_structure(d) for d in gts], **kw)
+    unreadable = [{"file": str(p), "reason": why} for p, why in skipped]
+    samples = []
+    for i in tqdm(ids, desc="reading CIFs", disable=a.quiet, mininterval=1):
+        got = []
+        for _, p in preds.get(i, []):
+            s, why = _read_cif(p)
+            if why: unreadable.append({"file": str(p), "reason": why})
+            got.append(s)
+        samples.append(got or [None])
+    n_scored = sum(any(s is not None for s in got) for got in samples)
+    unknown = sorted(set(preds) - set(ids))
+    if unknown:
+        print(f"warning: {len(unknown)} predicted ids are not in {a.dataset}/{a.split}"
+              f"{' (first rows only: --limit)' if a.limit else ''}, e.g. {unknown[:3]}", file=sys.stderr)
+    return samples, unreadable, n_scored, unknown
+
+# %% ../nbs/90_cli.ipynb #c0ffee90a0000002
+def _eval_outputs(a, res, ids, preds, unreadable, n_scored, unknown):
+    "Print `cdb evaluate-csp`'s report and write its JSON summary (--out)."
     text, rate_pred = _eval_report(res, ids, preds, unreadable, n_scored)
     print(text)
     for u in unreadable[:5]: print(f"  unreadable: {u['file']}: {u['reason']}")
@@ -200,6 +188,29 @@ def _cmd_evaluate_csp(a):
     if a.out:
         Path(a.out).write_text(json.dumps(summary, indent=1, default=str))
         print(f"wrote {a.out}")
+
+# %% ../nbs/90_cli.ipynb #554bc9f8
+def _cmd_evaluate_csp(a):
+    "Score predicted CIFs against a split under a named CSP protocol, saying what was predicted, read and scored."
+    import inspect
+    skipped = []
+    preds = read_predictions(a.pred, skipped)          # a bad folder is refused before any import
+    if a.out: _writable_file(a.out)
+    _check_dataset(a.dataset)
+    from crystal_diffusion_book.data import load_dataset, data_to_structure
+    from crystal_diffusion_book.metrics import csp_metrics, CSP_PROTOCOLS
+    if a.protocol not in CSP_PROTOCOLS: raise ValueError(f"--protocol must be one of {sorted(CSP_PROTOCOLS)}, got {a.protocol!r}")
+    with _job(f"cdb evaluate-csp ({a.dataset}/{a.split})"):
+        gts = load_dataset(a.dataset, a.split, limit=a.limit, cache_dir=a.cache_dir, mirror=a.mirror)
+        ids = [d.material_id for d in gts]
+        samples, unreadable, n_scored, unknown = _read_predicted(a, ids, preds, skipped)
+        kw = dict(protocol=a.protocol, n_procs=a.procs, progress=not a.quiet)
+        if a.timeout is not None:
+            if "timeout" not in inspect.signature(csp_metrics).parameters:
+                raise ValueError("--timeout: this version of metrics.csp_metrics has no per-pair time limit")
+            kw["timeout"] = a.timeout
+        res = csp_metrics(samples, [data_to_structure(d) for d in gts], **kw)
+    _eval_outputs(a, res, ids, preds, unreadable, n_scored, unknown)
     return 0
 
 # %% ../nbs/90_cli.ipynb #e022ab49
@@ -283,11 +294,9 @@ def _train_resume(a, out: Path, model: str, run):
                       model, a.preset, run.network)
     return resume
 
-# %% ../nbs/90_cli.ipynb #2480e579
-def _cmd_train(a):
-    "Train one model at a preset's scale; write model.pt and run.json into --out."
-    import time
-    from dataclasses import replace
+# %% ../nbs/90_cli.ipynb #c0ffee90a0000003
+def _train_inputs(a) -> tuple:
+    "`cdb train`'s arguments checked before anything is loaded: (model, fields, run preset, training source, out, resume)."
     from crystal_diffusion_book import reproduce as rp
     _check_dataset(a.dataset)
     model = _check_models(a.model, "--model")
@@ -302,6 +311,28 @@ def _cmd_train(a):
     out = Path(a.out)
     resume = _train_resume(a, out, model, run)
     _writable_folder(out)
+    return model, fields, run, source, out, resume
+
+# %% ../nbs/90_cli.ipynb #c0ffee90a0000004
+def _train_record(a, model, fields, source, res, seconds, resume, encoder, text_dim, out) -> dict:
+    "The run.json of `cdb train`: what was trained, on what, for how long, and where the checkpoint is."
+    from crystal_diffusion_book.reproduce import TEXT_MODELS
+    is_text = model in TEXT_MODELS
+    return {"command": "train", "dataset": a.dataset, "model": model, "preset": a.preset, "seed": a.seed,
+            "train_source": source, "epochs": int(res["epoch"]), "steps": int(res["step"]), "seconds": seconds,
+            "resumed": bool(resume), "resumed_from": str(resume) if a.resume_from else None,
+            "prompt_fields": list(fields) if fields is not None else None,
+            "text_kind": a.text_kind if is_text else None, "prompt_style": a.prompt_style if fields else None,
+            "text_encoder": encoder.name if encoder else None, "text_dim": text_dim if is_text else None,
+            "checkpoint": str(out / "model.pt")}
+
+# %% ../nbs/90_cli.ipynb #2480e579
+def _cmd_train(a):
+    "Train one model at a preset's scale; write model.pt and run.json into --out."
+    import time
+    from dataclasses import replace
+    from crystal_diffusion_book import reproduce as rp
+    model, fields, run, source, out, resume = _train_inputs(a)
     import torch
     if a.threads: torch.set_num_threads(a.threads)
     with _job(f"cdb train ({model}, {a.dataset}, preset {a.preset})"):
@@ -314,8 +345,7 @@ def _cmd_train(a):
                                             encoder, progress=not a.quiet, test=False, style=a.prompt_style)
         text_dim = encoder.dim if encoder is not None else 0
         print(f"{a.dataset}: {len(train)} training and {len(val)} validation crystals ({time.perf_counter() - t0:.1f} s)"
-              + ("; TRAINED ON VAL (the val split minus a held-out slice)"
-                 if source == "val" else "")
+              + ("; TRAINED ON VAL (the val split minus a held-out slice)" if source == "val" else "")
               + (f"; {a.text_kind} prompts, fields {', '.join(fields)}, encoder {encoder.name}" if fields else ""), flush=True)
         torch.manual_seed(a.seed)
         net = rp.build_model(model, run, a.dataset, v0_scale=a.v0_scale, parameterization=a.parameterization,
@@ -328,13 +358,7 @@ def _cmd_train(a):
         t0 = time.perf_counter()
         res = train_loop(net, train, val, cfg, out_dir=out, resume=resume)
         seconds = time.perf_counter() - t0
-        info = {"command": "train", "dataset": a.dataset, "model": model, "preset": a.preset, "seed": a.seed,
-                "train_source": source,
-                "epochs": int(res["epoch"]), "steps": int(res["step"]), "seconds": seconds, "resumed": bool(resume),
-                "resumed_from": str(resume) if a.resume_from else None,
-                "prompt_fields": list(fields) if fields is not None else None,
-                "text_kind": a.text_kind if is_text else None, "prompt_style": a.prompt_style if fields else None, "text_encoder": encoder.name if encoder else None,
-                "text_dim": text_dim if is_text else None, "checkpoint": str(out / "model.pt")}
+        info = _train_record(a, model, fields, source, res, seconds, resume, encoder, text_dim, out)
         (out / "run.json").write_text(json.dumps(info, indent=1))
     print(f"wrote {out / 'model.pt'}: steps {res['step']}, epochs {res['epoch']}, {seconds:.1f} s")
     return 0
@@ -413,20 +437,10 @@ def _spec_chunks(spec, size):
                               cond=None if spec.cond is None else spec.cond[i:i + size])
         start += n_at
 
-# %% ../nbs/90_cli.ipynb #9fea960c
-def _cmd_sample(a):
-    "Sample crystals from a checkpoint and write CIF files, chunk by chunk as they are produced."
-    out = Path(a.out)
-    if out.exists() and not out.is_dir(): raise ValueError(f"--out {out} exists and is not a folder")
-    if not Path(a.checkpoint).is_file(): raise ValueError(f"--checkpoint: {a.checkpoint} does not exist or is not a file")
-    import torch
-    from tqdm.auto import tqdm
-    from crystal_diffusion_book.model import load_model, write_cifs, distinct_labels, CompositionSpec
-    if a.threads: torch.set_num_threads(a.threads)
-    try:
-        model = load_model(a.checkpoint)
-    except FileNotFoundError as e:
-        raise ValueError(f"--checkpoint: {e}") from None
+# %% ../nbs/90_cli.ipynb #c0ffee90a0000005
+def _sample_request(a, model, out):
+    "The crystals `cdb sample` is asked for, checked against the checkpoint and the output folder: (spec, n_steps, calls per step)."
+    from crystal_diffusion_book.model import distinct_labels, CompositionSpec
     formulas = [f.strip() for arg in a.formula for f in arg.split(",") if f.strip()] if a.formula else None
     spec = sample_spec(model, formulas, a.atoms, a.n, a.formula_units, a.prompt)
     spec = CompositionSpec(spec.atom_types, spec.num_atoms, distinct_labels(spec.labels), cond=spec.cond)
@@ -437,6 +451,23 @@ def _cmd_sample(a):
     if taken:
         raise ValueError(f"--out {out} already holds {taken[0]}.cif ({len(taken)} of the {len(spec.labels)} files this "
                          "run writes): choose another folder, or move those files away")
+    return spec, n_steps, per_step
+
+# %% ../nbs/90_cli.ipynb #9fea960c
+def _cmd_sample(a):
+    "Sample crystals from a checkpoint and write CIF files, chunk by chunk as they are produced."
+    out = Path(a.out)
+    if out.exists() and not out.is_dir(): raise ValueError(f"--out {out} exists and is not a folder")
+    if not Path(a.checkpoint).is_file(): raise ValueError(f"--checkpoint: {a.checkpoint} does not exist or is not a file")
+    import torch
+    from tqdm.auto import tqdm
+    from crystal_diffusion_book.model import load_model, write_cifs
+    if a.threads: torch.set_num_threads(a.threads)
+    try:
+        model = load_model(a.checkpoint)
+    except FileNotFoundError as e:
+        raise ValueError(f"--checkpoint: {e}") from None
+    spec, n_steps, per_step = _sample_request(a, model, out)
     _writable_folder(out)
     kw = {} if a.guidance is None else {"guidance_scale": float(a.guidance)}
     if a.method is not None: kw["method"] = a.method

@@ -824,6 +824,25 @@ def _store_of(keep, rows, mids, props) -> dict:
             "properties": {_prop_name(p): torch.tensor([rows[r][3][p] for r in idx], dtype=torch.float64)
                            for p in props}}
 
+# %% ../nbs/20_data.ipynb #c0ffee20a0000001
+def _sort_parsed(results, mids, path, errors, name, n_rows) -> tuple:
+    "Split parse results into kept (row, arrays) and skipped rows; raise on the first bad row when errors='raise'."
+    skipped, keep = [], []
+    for row, err, arrays in results:
+        if err is not None:
+            mid = mids[row] if mids[row] is not None else "<missing>"
+            if errors == "raise":
+                raise DataRowError(path, row, mid, err)
+            skipped.append(SkippedRow(str(path), row, mid, err))
+        else:
+            keep.append((row, arrays))
+    if not keep:
+        raise DataFileError(f"{path}: no usable rows ({len(skipped)} skipped; first reason: "
+                            f"{skipped[0].reason if skipped else 'file is empty'})")
+    if skipped:
+        warnings.warn(f"{name}: skipped {len(skipped)} of {n_rows} rows (see dataset.skipped / dataset.report())")
+    return keep, skipped
+
 # %% ../nbs/20_data.ipynb #d69a9a7b
 def load_dataset(
     dataset,              # 'perov_5', 'carbon_24', 'mp_20', 'mpts_52' (or a name in `registry`)
@@ -862,21 +881,7 @@ def load_dataset(
         return ds
     rows, mids, n_rows = _read_split_rows(path, index_column, limit, props)
     results = _parse_rows(rows, options, n_jobs, progress, f"{dataset}/{split}")
-    skipped, keep = [], []
-    for row, err, arrays in results:
-        if err is not None:
-            mid = mids[row] if mids[row] is not None else "<missing>"
-            if errors == "raise":
-                raise DataRowError(path, row, mid, err)
-            skipped.append(SkippedRow(str(path), row, mid, err))
-        else:
-            keep.append((row, arrays))
-    if not keep:
-        raise DataFileError(f"{path}: no usable rows ({len(skipped)} skipped; first reason: "
-                            f"{skipped[0].reason if skipped else 'file is empty'})")
-    if skipped:
-        warnings.warn(f"{dataset}/{split}: skipped {len(skipped)} of {n_rows} rows "
-                      f"(see dataset.skipped / dataset.report())")
+    keep, skipped = _sort_parsed(results, mids, path, errors, f"{dataset}/{split}", n_rows)
     store = _store_of(keep, rows, mids, props)
     ds = CrystalDataset(store, name=dataset, split=split, skipped=skipped, source=source)
     if use_cache:

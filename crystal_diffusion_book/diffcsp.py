@@ -290,6 +290,33 @@ def _ddim_update(self: DiffCSP, run, out, frac, lattice, A, t: int, tp: int, k: 
     elif run.type_process is not None: A = run.type_process.step(A, out, t, k, run.generator)
     return frac, lattice, A
 
+# %% ../nbs/32_diffcsp.ipynb #c0ffee32a0000001
+@patch
+def _sampler_run(self: DiffCSP, spec, n_steps, grid, generator, dtype, step_lr, type_process) -> SimpleNamespace:
+    "A sampler run's grid, schedules and noise source, and its state at the prior: F ~ U[0,1)³, L ~ N(0, I), types."
+    c, dev = self.config, self.sigmas.device
+    num_atoms, index = spec.num_atoms.to(dev), spec.index.to(dev)
+    n_at, n_cr = int(num_atoms.sum()), int(num_atoms.numel())
+    ts = self.timesteps(n_steps, grid).to(dev)                             # (S,) decreasing
+    prev = torch.cat([ts[1:], ts.new_zeros(1)])                            # (S,) the time each step lands on
+    ab = self.lattice_schedule.alpha_bars.to(dev)
+    sched = self.lattice_schedule if len(ts) == c.T else \
+        DDPMSchedule(torch.cat([ab.new_zeros(1), (1 - ab[ts] / ab[prev]).flip(0)]))   # respaced DDPM, 1-based
+    randn = lambda *s: torch.randn(*s, generator=generator, device=dev, dtype=dtype)
+    dng = c.task == "dng" and type_process is None
+    frac = torch.rand(n_at, 3, generator=generator, device=dev, dtype=dtype)   # (n_atoms, 3)
+    lattice = randn(n_cr, 3, 3)                                            # (n_crystals, 3, 3)
+    A = randn(n_at, c.network.num_types) if dng else None                  # (n_atoms, 100) one-hot types, DNG
+    fixed_types = spec.atom_types.to(dev)
+    decode = (lambda A: A.argmax(-1) + 1) if dng else (lambda A: fixed_types)
+    if type_process is not None:                                           # a discrete type process instead
+        A, decode = type_process.start(n_at, generator), type_process.decode
+    types_in = (lambda A: type_process.input(A)) if type_process is not None else (lambda A: A if dng else fixed_types)
+    return SimpleNamespace(sig=self.sigmas.to(dtype), sql=self.sqrt_lambda.to(dtype), ab=ab, sched=sched, randn=randn,
+                           dng=dng, type_process=type_process, generator=generator, step_lr=step_lr, ts=ts, prev=prev,
+                           index=index, n_cr=n_cr, edge_index=self._edges(num_atoms), frac=frac, lattice=lattice, A=A,
+                           decode=decode, types_in=types_in)
+
 # %% ../nbs/32_diffcsp.ipynb #1781f4ad
 @patch
 def sample_tensors(self: DiffCSP,
@@ -308,47 +335,25 @@ def sample_tensors(self: DiffCSP,
                                             # input(state), step(state, out, t, k, generator), decode(state) -> Z
                   ) -> dict:                # frac (n_atoms, 3), lattice (n_crystals, 3, 3), types (n_atoms,), index [, trajectory]
     "DiffCSP's predictor–corrector sampler (chapter 95, DiffCSP sampler), batched over crystals."
-    c = self.config
     method, step_lr, dtype = self._sampler_options(method, step_lr, dtype)
     denoiser = denoiser or self.denoise
-    dev = self.sigmas.device
-    num_atoms, index = spec.num_atoms.to(dev), spec.index.to(dev)
-    n_at, n_cr = int(num_atoms.sum()), int(num_atoms.numel())
-    edge_index = self._edges(num_atoms)                                    # built once, not every step
-    ts = self.timesteps(n_steps, grid).to(dev)                             # (S,) decreasing
-    prev = torch.cat([ts[1:], ts.new_zeros(1)])                            # (S,) the time each step lands on
-    ab = self.lattice_schedule.alpha_bars.to(dev)
-    sched = self.lattice_schedule if len(ts) == c.T else \
-        DDPMSchedule(torch.cat([ab.new_zeros(1), (1 - ab[ts] / ab[prev]).flip(0)]))   # respaced DDPM, 1-based
-    randn = lambda *s: torch.randn(*s, generator=generator, device=dev, dtype=dtype)
-    dng = c.task == "dng" and type_process is None
-    run = SimpleNamespace(sig=self.sigmas.to(dtype), sql=self.sqrt_lambda.to(dtype), ab=ab, sched=sched, randn=randn,
-                          dng=dng, type_process=type_process, generator=generator, step_lr=step_lr)
-    # prior: F ~ U[0,1)^3, L ~ N(0, I), one-hot types ~ N(0, I)
-    frac = torch.rand(n_at, 3, generator=generator, device=dev, dtype=dtype)
-    lattice = randn(n_cr, 3, 3)
-    A = randn(n_at, c.network.num_types) if dng else None
-    fixed_types = spec.atom_types.to(dev)
-    decode = (lambda A: A.argmax(-1) + 1) if dng else (lambda A: fixed_types)
-    if type_process is not None:                                           # a discrete type process instead
-        A, decode = type_process.start(n_at, generator), type_process.decode
-    every = trajectory_every or max(1, len(ts) // 50)
-    frames = {"frac": [frac.clone()], "lattice": [lattice.clone()], "types": [decode(A)], "t": [c.T + 1]}
-    S = len(ts)
+    run = self._sampler_run(spec, n_steps, grid, generator, dtype, step_lr, type_process)
+    frac, lattice, A, S = run.frac, run.lattice, run.A, len(run.ts)
+    every = trajectory_every or max(1, S // 50)
+    frames = {"frac": [frac.clone()], "lattice": [lattice.clone()], "types": [run.decode(A)], "t": [self.config.T + 1]}
     for i in range(S):
-        t, tp, last = int(ts[i]), int(prev[i]), i == S - 1
-        tt = torch.full((n_cr,), t, dtype=torch.long, device=dev)
-        types_in = type_process.input(A) if type_process is not None else (A if dng else fixed_types)
+        t, tp, last = int(run.ts[i]), int(run.prev[i]), i == S - 1
+        tt = torch.full((run.n_cr,), t, dtype=torch.long, device=frac.device)
+        net = lambda frac, lattice: denoiser(tt, run.types_in(A), frac, lattice, run.index, run.edge_index)
         if method == "pc":   # corrector: one Langevin step on the coordinates at fixed t
-            frac = self._corrector_update(run, denoiser(tt, types_in, frac, lattice, index, edge_index), frac, t, last)
-        out = denoiser(tt, types_in, frac, lattice, index, edge_index)
+            frac = self._corrector_update(run, net(frac, lattice), frac, t, last)
         update = self._ddim_update if method == "ddim" else self._predictor_update
-        frac, lattice, A = update(run, out, frac, lattice, A, t, tp, S - i, last)
+        frac, lattice, A = update(run, net(frac, lattice), frac, lattice, A, t, tp, S - i, last)
         if return_trajectory and ((i + 1) % every == 0 or last):
             frames["frac"].append(frac.clone()); frames["lattice"].append(lattice.clone())
-            frames["types"].append(decode(A)); frames["t"].append(tp)
-    out = {"frac": frac, "lattice": lattice, "types": decode(A), "index": index}
+            frames["types"].append(run.decode(A)); frames["t"].append(tp)
+    out = {"frac": frac, "lattice": lattice, "types": run.decode(A), "index": run.index}
     if return_trajectory:
-        out["trajectory"] = Trajectory(frac=torch.stack(frames["frac"]), lattice=torch.stack(frames["lattice"]),
-                                       types=torch.stack(frames["types"]), t=torch.tensor(frames["t"]), index=index)
+        out["trajectory"] = Trajectory(**{k: torch.stack(v) for k, v in frames.items() if k != "t"},
+                                       t=torch.tensor(frames["t"]), index=run.index)
     return out

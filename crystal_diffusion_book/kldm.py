@@ -11,6 +11,7 @@ __all__ = ['TWO_PI', 'NU_TAU_MIN', 'NU_TABLE_SIZE', 'LATTICE_STEPS', 'KLDMConfig
 # %% ../nbs/33_kldm.ipynb #42d19b2f
 import math
 from dataclasses import asdict, dataclass, field
+from types import SimpleNamespace
 
 import torch
 from fastcore.basics import patch
@@ -394,6 +395,44 @@ def _em_ode_update(self: KLDM, call, method, tau, tau_s, pos, vel, lat, noise, r
                else self.vpsde.flow_step(lat, x0_l, tau, tau - tau_s))
     return out, position_step(pos, vel, hs), vel, lat
 
+# %% ../nbs/33_kldm.ipynb #c0ffee33a0000010
+@patch
+def _sampler_prior(self: KLDM, spec, generator) -> SimpleNamespace:
+    "The sampler's state at τ = 1 and its noise sources: positions uniform, v and l standard normal (v mean-free), types masked (DNG)."
+    c, dev, f64 = self.config, self.lat_loc.device, torch.float64
+    num_atoms, index = spec.num_atoms.to(dev), spec.index.to(dev)
+    n_at, n_cr, K = int(num_atoms.sum()), int(num_atoms.numel()), c.network.num_types
+    randn = lambda *s: torch.randn(*s, generator=generator, dtype=f64).to(dev)
+    noise = lambda: center(randn(n_at, 3), index) if c.mean_free else randn(n_at, 3)
+    pos = TWO_PI * (torch.rand(n_at, 3, generator=generator, dtype=f64).to(dev) - 0.5)   # (n_atoms, 3) radians
+    vel = noise()                                                                       # (n_atoms, 3)
+    lat = randn(n_cr, 6)                                                                # (n_crystals, 6)
+    h = torch.full((n_at,), K, dtype=torch.long, device=dev) if c.task == "dng" else spec.atom_types.to(dev) - 1
+    return SimpleNamespace(num_atoms=num_atoms, index=index, n_cr=n_cr, K=K, randn=randn, noise=noise, pos=pos, vel=vel,
+                           lat=lat, h=h, guess=h.clone(), edge_index=self._edges(num_atoms))   # edges built once per run
+
+# %% ../nbs/33_kldm.ipynb #c0ffee33a0000011
+@patch
+def _score_call(self: KLDM, denoiser, st) -> callable:
+    "call(τ, pos, vel, lat) -> (network output, velocity score (n_atoms, 3), lattice score (n_crystals, 6)), in float64."
+    c, f64 = self.config, torch.float64
+    def call(tau, pos, vel, lat):
+        t_net = torch.full((st.n_cr,), tau, dtype=f64, device=pos.device)
+        out = denoiser(t_net, st.h + 1, pos, vel, lat, st.index, st.edge_index)          # st.h: the current types
+        s_v = rebuild_velocity_score(out["coord"].to(f64), vel, c.t_f * tau, st.index, c.parameterization, c.mean_free)
+        return out, s_v, self.vpsde.score_from_x0(lat, out["lattice"].to(f64), tau)
+    return call
+
+# %% ../nbs/33_kldm.ipynb #c0ffee33a0000012
+class _Frames:
+    "A sampler run's trajectory frames: fractional coordinates, lattices, types and times."
+    def __init__(self, decode): self.decode, self.frac, self.lattice, self.types, self.t = decode, [], [], [], []
+    def add(self, pos, lat, types, t):   # positions in radians, lattice latents, types 1..K, network time
+        self.frac.append(mod1(pos / TWO_PI)); self.lattice.append(self.decode(lat)); self.types.append(types); self.t.append(t)
+    def trajectory(self, index):
+        return Trajectory(frac=torch.stack(self.frac), lattice=torch.stack(self.lattice), types=torch.stack(self.types),
+                          t=torch.tensor(self.t), index=index)
+
 # %% ../nbs/33_kldm.ipynb #688919bb
 @patch
 @torch.no_grad()
@@ -411,51 +450,29 @@ def sample_tensors(self: KLDM,
                    lattice_step: str | None = None,     # EM/ODE lattice step, "euler" or "exponential" (None: config)
                   ) -> dict:                     # frac (n_atoms, 3) in [0, 1), lattice (n_crystals, 3, 3), types, index, latent, velocity [, trajectory]
     "KLDM's samplers in float64 (chapter 95, KLDM samplers): exponential-integrator EM, its probability-flow ODE, and PC."
-    c = self.config
     method, n_steps, t_end, tau_c, correct_pos, lattice_step = self._sampler_options(
         method, n_steps, t_end, tau_corrector, correct_pos, lattice_step)
-    denoiser = denoiser or self.denoise
-    dev, f64 = self.lat_loc.device, torch.float64
-    stats = self.lattice_stats
-    num_atoms, index = spec.num_atoms.to(dev), spec.index.to(dev)
-    n_at, n_cr, K = int(num_atoms.sum()), int(num_atoms.numel()), c.network.num_types
-    edge_index = self._edges(num_atoms)                                   # built once per run
-    randn = lambda *s: torch.randn(*s, generator=generator, dtype=f64).to(dev)
-    noise = lambda: center(randn(n_at, 3), index) if c.mean_free else randn(n_at, 3)
-    # prior: positions uniform on the torus, velocities N(0, I) (mean-free), lattice latent N(0, I), types all masked
-    pos = TWO_PI * (torch.rand(n_at, 3, generator=generator, dtype=f64).to(dev) - 0.5)   # (n_atoms, 3) radians
-    vel = noise()                                                                       # (n_atoms, 3)
-    lat = randn(n_cr, 6)                                                                # (n_crystals, 6)
-    dng = c.task == "dng"
-    h = torch.full((n_at,), K, dtype=torch.long, device=dev) if dng else spec.atom_types.to(dev) - 1
-    guess = h.clone()
-    ts = torch.linspace(1.0, t_end, n_steps + 1, dtype=f64)                              # network times τ
-
-    def call(tau, pos, vel, lat):
-        out = denoiser(torch.full((n_cr,), tau, dtype=f64, device=dev), h + 1, pos, vel, lat, index, edge_index)
-        s_v = rebuild_velocity_score(out["coord"].to(f64), vel, c.t_f * tau, index, c.parameterization, c.mean_free)
-        s_l = self.vpsde.score_from_x0(lat, out["lattice"].to(f64), tau)                # (n_crystals, 6)
-        return out, s_v, s_l
-
+    stats = self.lattice_stats                                             # refuses an unfitted model before any draw
+    st = self._sampler_prior(spec, generator)
+    call = self._score_call(denoiser or self.denoise, st)
+    ts = torch.linspace(1.0, t_end, n_steps + 1, dtype=torch.float64)     # network times τ
     every = trajectory_every or max(1, n_steps // 50)
-    decode = lambda lat: stats.decode_lattice(lat, num_atoms)
-    frames = {"frac": [mod1(pos / TWO_PI)], "lattice": [decode(lat)], "types": [guess.clamp_max(K - 1) + 1], "t": [1.0]}
+    frames = _Frames(lambda lat: stats.decode_lattice(lat, st.num_atoms))
+    if return_trajectory: frames.add(st.pos, st.lat, st.guess.clamp_max(st.K - 1) + 1, 1.0)
     for i in range(n_steps):
         tau, tau_s = float(ts[i]), float(ts[i + 1])
         if method == "pc":
-            out, pos, vel, lat = self._pc_update(call, tau, tau_s, pos, vel, lat, noise, randn, index, tau_c, correct_pos)
+            out, st.pos, st.vel, st.lat = self._pc_update(call, tau, tau_s, st.pos, st.vel, st.lat, st.noise, st.randn,
+                                                          st.index, tau_c, correct_pos)
         else:
-            out, pos, vel, lat = self._em_ode_update(call, method, tau, tau_s, pos, vel, lat, noise, randn, lattice_step)
-        if dng:
-            probs = torch.softmax(out["types"].to(f64), -1)                 # (n_atoms, K)
-            h = self.types.reverse_step(h, probs, tau, tau_s, generator)
-            guess = torch.where(h == K, probs.argmax(-1), h)
-        if return_trajectory and ((i + 1) % every == 0 or i == n_steps - 1):
-            frames["frac"].append(mod1(pos / TWO_PI)); frames["lattice"].append(decode(lat))
-            frames["types"].append(guess + 1); frames["t"].append(tau_s)
-    types = guess + 1                                                      # leftover masks take p̂'s most likely class
-    res = {"frac": mod1(pos / TWO_PI), "lattice": decode(lat), "types": types, "index": index, "latent": lat, "velocity": vel}
-    if return_trajectory:
-        res["trajectory"] = Trajectory(frac=torch.stack(frames["frac"]), lattice=torch.stack(frames["lattice"]),
-                                       types=torch.stack(frames["types"]), t=torch.tensor(frames["t"]), index=index)
+            out, st.pos, st.vel, st.lat = self._em_ode_update(call, method, tau, tau_s, st.pos, st.vel, st.lat, st.noise,
+                                                              st.randn, lattice_step)
+        if self.config.task == "dng":                                       # unmask some types (chapter 15)
+            probs = torch.softmax(out["types"].to(torch.float64), -1)      # (n_atoms, K)
+            st.h = self.types.reverse_step(st.h, probs, tau, tau_s, generator)
+            st.guess = torch.where(st.h == st.K, probs.argmax(-1), st.h)
+        if return_trajectory and ((i + 1) % every == 0 or i == n_steps - 1): frames.add(st.pos, st.lat, st.guess + 1, tau_s)
+    res = {"frac": mod1(st.pos / TWO_PI), "lattice": stats.decode_lattice(st.lat, st.num_atoms), "types": st.guess + 1,
+           "index": st.index, "latent": st.lat, "velocity": st.vel}   # leftover masks took p̂'s most likely class
+    if return_trajectory: res["trajectory"] = frames.trajectory(st.index)
     return res

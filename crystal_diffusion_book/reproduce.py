@@ -75,6 +75,8 @@ class RunPreset:
         return dict(hidden_dim=self.hidden_dim, num_layers=self.num_layers, num_freqs=self.num_freqs,
                     time_dim=self.time_dim)
 
+
+# %% ../nbs/70_reproduce_csp.ipynb #c0ffee70a0000002
 EPOCHS_LARGE = 250   # cpu-large epochs: about 90 minutes of one core on MP-20's substitute (chapter 73)
 
 # the cpu presets z-score text embeddings (chapter 74: at 100 epochs the network reads z-scored prompts 2.5 times as much,
@@ -205,6 +207,7 @@ _DATASETS = ("perov_5", "carbon_24", "mp_20", "mpts_52")
 
 # %% ../nbs/70_reproduce_csp.ipynb #f1392d84
 def _row(model, k, values, status, source, protocol):
+    "One model's published numbers at one k across the four datasets ('-': not reported; None: not found yet)."
     out = []
     for ds, v in zip(_DATASETS, values):
         if v == "-": continue                          # not reported for this dataset
@@ -237,6 +240,8 @@ PUBLISHED_CSP = [
     *_row("TGDMat, long prompt", 1, [None, None, None, None], "NF", "not in our sources", "tgdmat (pred valid)"),
 ]
 
+
+# %% ../nbs/70_reproduce_csp.ipynb #c0ffee70a0000003
 # TGDMat prompt-field ablation, MP-20, k = 1 (R, ryoji-kubo/TGDMat README): prompt field -> (the README's name of the
 # dropped field, match rate %); the model was trained with every field and one field is dropped at evaluation
 TGDMAT_FIELD_ABLATION = {"formation_energy": ("formation energy", 45.75), "band_gap": ("band gap", 45.58),
