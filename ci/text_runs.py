@@ -40,7 +40,7 @@ def log(*a):
 
 
 SAME_VARIANT = ("model", "fields", "text_standardise", "prompt_style", "time_grid", "test_rows", "epochs", "sample_steps",
-                "text_kind")
+                "text_kind", "n_train")
 KIND_DEFAULT = {"text_kind": "short"}   # records written before the long prompts existed are short-prompt records
 
 
@@ -71,12 +71,16 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the preset's)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="sampling seeds")
     p.add_argument("--n-test", type=int, default=None, help="test crystals (default: the preset's)")
+    p.add_argument("--n-train", type=int, default=None,
+                   help="train on the split's first N crystals only (default: the preset's, all of them)")
     p.add_argument("--run-dir", type=Path, required=True, help="the run folder (train/ inside is resumed)")
     p.add_argument("--out", type=Path, required=True, help="JSON written after every sample")
     a = p.parse_args(argv)
     if a.epochs is not None and a.epochs < 1: p.error(f"--epochs must be positive, got {a.epochs}")
     if any(w < 0 for w in a.guidance): p.error(f"--guidance scales must be >= 0, got {a.guidance}")
+    if a.n_train is not None and a.n_train < 1: p.error(f"--n-train must be positive, got {a.n_train}")
     run = get_preset(a.preset, epochs=a.epochs, n_test=a.n_test)
+    if a.n_train is not None: run = replace(run, n_train=a.n_train)
     if a.standardise != "preset": run = replace(run, text_standardise=a.standardise == "yes")
     if a.grid != "preset": run = replace(run, time_grid=a.grid)
     fields = prompt_fields_for(a.fields, a.dataset)

@@ -1,4 +1,4 @@
-"""Match rate and RMSE of every sampler of DiffCSP and KLDM as a function of the number of network calls (NFE), on the same seeded Perov-5 test crystals, read from a committed benchmark record.
+"""Match rate and RMSE of every sampler of DiffCSP, KLDM and TGDMat as a function of the number of network calls (NFE), on the same seeded Perov-5 test crystals, read from a committed benchmark record.
 
 Docs: https://crystal-diffusion-book.github.io/crystal-diffusion-book/samplers.html.md"""
 
