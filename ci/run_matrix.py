@@ -243,8 +243,9 @@ class MatrixProgress:
             b.close()
 
 
-def run_matrix(matrix: Path, out_root: Path, jobs: int = 2, progress: str = "auto", poll: float = 1.0) -> list[dict]:
-    "Execute every run of a matrix file, showing each run's stage; write and return the records."
+def run_matrix(matrix: Path, out_root: Path, jobs: int = 2, progress: str = "auto", poll: float = 1.0,
+               only: list | None = None) -> list[dict]:
+    "Execute every run of a matrix file (or the runs whose ids `only` lists), showing each run's stage; write and return the records."
     spec = yaml.safe_load(Path(matrix).read_text())
     if not isinstance(spec, dict) or not isinstance(spec.get("runs"), list):
         raise ValueError(f"{matrix}: expected a mapping with a `runs` list")
@@ -257,6 +258,10 @@ def run_matrix(matrix: Path, out_root: Path, jobs: int = 2, progress: str = "aut
         if not (ROOT / r["notebook"]).exists():
             raise ValueError(f"{matrix}: run {r['id']}: notebook {r['notebook']} does not exist")
     runs = spec["runs"]
+    if only:
+        unknown = sorted(set(only) - {r["id"] for r in runs})
+        if unknown: raise ValueError(f"{matrix}: --only names runs it does not hold: {unknown}")
+        runs = [r for r in runs if r["id"] in set(only)]
     for r in runs:   # a progress record from an earlier execution is not this one's
         od = (r.get("parameters") or {}).get("out_dir")
         if od:
@@ -302,8 +307,10 @@ if __name__ == "__main__":
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--out", type=Path, default=ROOT / "runs")
     ap.add_argument("--quiet", action="store_true", help="print nothing but failures")
+    ap.add_argument("--only", default="", help="comma-separated run ids: run only these (default: all)")
     a = ap.parse_args()
-    recs = run_matrix(a.matrix, a.out, a.jobs, progress="off" if a.quiet else "auto")
+    only = [s.strip() for s in a.only.split(",") if s.strip()]
+    recs = run_matrix(a.matrix, a.out, a.jobs, progress="off" if a.quiet else "auto", only=only)
     bad = [r for r in recs if r["status"] != "ok"]
     if not a.quiet:
         print(f"{len(recs) - len(bad)} passed, {len(bad)} failed")

@@ -37,6 +37,10 @@ def test_matrix_driver_runs_and_collects(tmp_path):
     import pytest
     with pytest.raises(ValueError, match="no `notebook`"):
         run_matrix.run_matrix(bad, tmp_path / "runs")
+    only = run_matrix.run_matrix(m, tmp_path / "only", jobs=1, progress="off", only=["a"])
+    assert [r["id"] for r in only] == ["a"] and not (tmp_path / "only" / "t" / "b.ipynb").exists()
+    with pytest.raises(ValueError, match="does not hold"):
+        run_matrix.run_matrix(m, tmp_path / "only", only=["c"])
 
 
 def test_matrix_runs_share_the_cores(tmp_path, monkeypatch):
