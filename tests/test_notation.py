@@ -1,4 +1,5 @@
-"""One notation: every Greek letter a chapter's maths uses is defined in chapter 01's symbol table, and the drifts
+"""One notation: every Greek letter, named operator (\\operatorname{...}) and set or distribution symbol (\\mathbb,
+\\mathcal) a chapter's maths uses is defined in chapter 01's symbol table, and the drifts
 issue 15 found (the projection written P, the wrapped-normal score written g_σ, KLDM positions written x) stay fixed."""
 import json
 import re
@@ -28,6 +29,23 @@ def _greek(maths):
     return {g for m in maths for g in re.findall(r"\\([A-Za-z]+)", m) if g in GREEK}
 
 
+OPS = re.compile(r"\\(operatorname|mathcal|mathbb)\s*(?:\{([A-Za-z]+)\}|([A-Za-z]))")
+
+
+def _ops(maths):
+    "The named operators and \\mathbb / \\mathcal symbols of some maths, as (command, name) pairs."
+    return {(k, a or b) for m in maths for k, a, b in OPS.findall(m)}
+
+
+def _table_maths():
+    md = _markdown(ROOT / "nbs" / "01_notation.ipynb")
+    sec = md.split("{#sec-notation-symbols}", 1)
+    assert len(sec) == 2, "chapter 01 has no symbol table (a heading with {#sec-notation-symbols})"
+    rows = [l for l in sec[1].splitlines() if l.startswith("| ")]
+    assert len(rows) > 30, "the symbol table looks truncated"
+    return _maths("\n".join(rows))
+
+
 def _table():
     md = _markdown(ROOT / "nbs" / "01_notation.ipynb")
     sec = md.split("{#sec-notation-symbols}", 1)
@@ -44,6 +62,12 @@ def test_greek_letters_are_in_the_symbol_table(path):
 
 
 @pytest.mark.parametrize("path", NBS, ids=lambda p: p.name)
+def test_operators_and_sets_are_in_the_symbol_table(path):
+    missing = sorted(_ops(_maths(_markdown(path))) - _ops(_table_maths()))
+    assert not missing, f"{path.name} uses {missing} in its maths; chapter 01's symbol table does not define them"
+
+
+@pytest.mark.parametrize("path", NBS, ids=lambda p: p.name)
 def test_known_drifts_stay_fixed(path):
     maths = _maths(_markdown(path))
     assert not [m for m in maths if G_SIGMA.search(m)], f"{path.name}: the wrapped-normal score is s_σ, not g_σ"
@@ -56,6 +80,8 @@ def test_known_drifts_stay_fixed(path):
 
 
 def test_the_check_can_fail():
+    assert _ops(["\\mathbb E[x] + \\operatorname{sinc}(x) + \\mathcal{WN}"]) == {("mathbb", "E"), ("operatorname", "sinc"), ("mathcal", "WN")}
+    assert ("operatorname", "sinc") not in _ops(_table_maths())
     assert _greek(["\\zeta + \\alpha"]) == {"zeta", "alpha"} and "zeta" not in _table()
     assert G_SIGMA.search("-g_{\\sigma_r(t)}(r)") and P_PROJ.search("\\kappa\\,P(s_{\\mathrm{WN}})")
     assert not P_PROJ.search("\\Pi(s_{\\mathrm{WN}})") and not P_PROJ.search("[-P/2, P/2)")
