@@ -31,7 +31,7 @@ from crystal_diffusion_book.reproduce import (TEXT_MODELS, _fmt, build_model, de
                                               get_preset, load_csp_data, prompt_fields_for, resolve_train_source,
                                               sample_csp, train_config)
 from crystal_diffusion_book.text import PROMPT_STYLES
-from crystal_diffusion_book.text_experiments import prompt_gap, stated_symmetry, symmetries, symmetry_agreement
+from crystal_diffusion_book.text_experiments import prompt_gap, stated_symmetry, symmetries, symmetry_agreement, token_stats
 from crystal_diffusion_book.train import default_threads, train, validation_loss
 
 
@@ -121,6 +121,7 @@ def main(argv=None):
               **training_log(a.run_dir / "train" / "epochs.csv"), "train_seed": 0, "environment": environment(),
               "samples": []}
     if fields:
+        record["test_prompt_tokens"] = token_stats([d.text for d in test_data], encoder)   # what the encoder truncates
         record["prompt_gap"] = gap = prompt_gap(net, val_data)
         log(f"prompt gap (shuffled - right validation loss): {gap['gap_mean']:+.4f} (SD over seeds {gap['gap_sd']:.4f})")
     done = finished_samples(a.out, record)

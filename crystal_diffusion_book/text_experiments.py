@@ -6,11 +6,13 @@ Docs: https://crystal-diffusion-book.github.io/crystal-diffusion-book/text_exper
 
 # %% auto #0
 __all__ = ['SYMPRECS', 'symmetry_of', 'binomial_se', 'symmetries', 'symmetry_agreement', 'stated_symmetry', 'derangement',
-           'shuffled_prompts', 'prompt_gap', 'variant_label', 'summary_rows']
+           'shuffled_prompts', 'prompt_gap', 'token_stats', 'variant_label', 'summary_rows']
 
 # %% ../nbs/74_text_experiments.ipynb #c740003
 import math
 from collections import Counter
+
+import numpy as np
 
 import torch
 
@@ -130,6 +132,16 @@ def prompt_gap(
     gaps = [w - r for r, w in zip(right, wrong)]
     return {"val_loss_right": statistics.fmean(right), "val_loss_shuffled": statistics.fmean(wrong),
             "gap_mean": statistics.fmean(gaps), "gap_sd": statistics.stdev(gaps) if n_seeds > 1 else None, "gaps": gaps}
+
+# %% ../nbs/74_text_experiments.ipynb #c0ffee74a0000002
+def token_stats(
+    texts: list,          # the prompts a network reads
+    encoder,              # the `text.TextEncoder` that reads them
+) -> dict:                # median, 90th percentile and largest token count; how many exceed the encoder's window
+    "How long the prompts are in the encoder's tokens, and what share of them it truncates."
+    n = encoder.token_lengths(list(texts))
+    return {"median": float(np.median(n)), "p90": float(np.percentile(n, 90)), "max": int(n.max()),
+            "limit": int(encoder.max_length), "share_truncated": float((n > encoder.max_length).mean()), "n": len(n)}
 
 # %% ../nbs/74_text_experiments.ipynb #c74r001
 def variant_label(
