@@ -35,7 +35,7 @@ ABLATIONS = [  # KLDM switches (KLDM paper §4 ablations; the book's appendix, c
 
 def build_matrix(dataset: str, models: list, preset: str, seed: int, run_dir: Path, n_test=None, sampler_steps=None,
                  epochs=None, kldm_ablations=False, prompt_fields=None, text_kind=None, guidance_scale=None) -> dict:
-    "The run matrix (as a dict) of one reproduction: one run per model, optionally KLDM's ablations."
+    "The run matrix (as a dict) of one reproduction: one run per model, optionally KLDM's ablations (\"only\": just those)."
     from crystal_diffusion_book.reproduce import MODELS, TEXT_MODELS
     extra = {k: v for k, v in dict(n_test=n_test, sampler_steps=sampler_steps, epochs=epochs).items() if v is not None}
     text = {k: v for k, v in dict(prompt_fields=prompt_fields, text_kind=text_kind,
@@ -45,6 +45,7 @@ def build_matrix(dataset: str, models: list, preset: str, seed: int, run_dir: Pa
         if m not in MODELS:
             raise ValueError(f"models must be among {', '.join(MODELS)}; got {m!r}")
         variants = [("", {})] + (ABLATIONS if (m == "kldm" and kldm_ablations) else [])
+        if m == "kldm" and kldm_ablations == "only": variants = variants[1:]   # the switches without the main run
         for tag, sw in variants:
             rid = f"{m}-{dataset}-{preset}-s{seed}" + (f"-{tag}" if tag else "")
             runs.append({"id": rid, "notebook": NOTEBOOK,
@@ -91,6 +92,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sampler-steps", type=int, default=None)
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--kldm-ablations", action="store_true", help="also run KLDM's switches")
+    ap.add_argument("--ablations-only", action="store_true", help="run KLDM's switches without the main KLDM run")
     ap.add_argument("--prompt-fields", default=None,
                     help="text models: comma-separated prompt fields (default: TGDMat's for the dataset; 'none': no text)")
     ap.add_argument("--text-kind", default=None, choices=["short", "long"], help="text models: prompt kind (default short)")
@@ -107,7 +109,8 @@ def main(argv=None) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         spec = build_matrix(a.dataset, models, a.preset, a.seed, run_dir, a.n_test, a.sampler_steps, a.epochs,
-                            a.kldm_ablations, a.prompt_fields, a.text_kind, a.guidance_scale)
+                            "only" if a.ablations_only else a.kldm_ablations, a.prompt_fields, a.text_kind,
+                            a.guidance_scale)
         from crystal_diffusion_book.reproduce import TEXT_MODELS, prompt_fields_for
         if any(m in TEXT_MODELS for m in models):
             prompt_fields_for(a.prompt_fields, a.dataset)

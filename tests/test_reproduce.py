@@ -209,3 +209,15 @@ def test_committed_cpu_record_is_complete():
     ids = {r["run_id"] for r in rec}
     assert {"kldm-perov_5-cpu-s0", "diffcsp-perov_5-cpu-s0", "diffcsp-perov_5-cpu-s0-reference-grid", "tgdmat-no-text"} <= ids
     assert all(r["n_test"] == 500 and 0 <= r["match_rate"] <= 1 for r in rec)
+
+
+def test_driver_matrix_ablations(tmp_path):
+    "ci/reproduce.py's matrix: KLDM's four switches after its main run, or (ablations only) without it."
+    sys.path.insert(0, str(ROOT / "ci"))
+    import reproduce as drv
+    ids = lambda spec: [r["id"] for r in spec["runs"]]
+    full = drv.build_matrix("perov_5", ["kldm", "diffcsp"], "cpu", 0, tmp_path, kldm_ablations=True)
+    only = drv.build_matrix("perov_5", ["kldm"], "cpu", 0, tmp_path, kldm_ablations="only")
+    tags = [f"kldm-perov_5-cpu-s0-{t}" for t, _ in drv.ABLATIONS]
+    assert ids(full) == ["kldm-perov_5-cpu-s0", *tags, "diffcsp-perov_5-cpu-s0"] and ids(only) == tags
+    assert only["runs"][0]["parameters"]["parameterization"] == "direct"
