@@ -114,7 +114,7 @@ def main(argv=None):
               "fields": list(fields), "text_kind": a.text_kind if fields else "short",
               "prompt_style": a.prompt_style if fields else None, "text_standardise": bool(run.text_standardise) if fields else None,
               "text_out_dim": run.text_out_dim, "p_uncond": pu, "epochs": int(res["epoch"]), "steps": int(res["step"]),
-              "n_params": sum(q.numel() for q in net.parameters()), "n_train": len(train_data), "n_val": len(val_data),
+              "n_params": sum(q.numel() for q in net.parameters()), "n_train": len(train_data), "n_train_limit": run.n_train, "n_val": len(val_data),
               "n_test": len(test_data), "test_rows": test_idx, "sample_steps": run.sample_steps,
               "time_grid": run.time_grid if a.model == "tgdmat" else None, "val_loss": val,
               "prompt_spacegroups": dict(Counter(map(str, stated_sg))), "prompt_crystal_systems": dict(Counter(stated_cs)),

@@ -147,7 +147,7 @@ def token_stats(
 def variant_label(
     v: dict,                # one variant of the record (as ci/collect_text.py writes it)
 ) -> str:                   # e.g. "TGDMat, all fields, z-scored"
-    "A short human label of a text variant: model, prompt fields, embedding treatment, wording and grid."
+    "A short human label of a text variant: model, prompt fields and kind, embedding treatment, wording, grid, subset."
     from crystal_diffusion_book.text import DATASET_FIELDS, STRUCTURAL_FIELDS
     name = {"tgdmat": "TGDMat", "kldm-text": "text-KLDM"}.get(v["model"], v["model"])
     fields = v.get("fields") or []
@@ -155,9 +155,11 @@ def variant_label(
     elif tuple(fields) == DATASET_FIELDS[v["dataset"]][0]: parts = ["all fields"]
     elif not set(fields) & set(STRUCTURAL_FIELDS): parts = ["no structural fields"]
     else: parts = [", ".join(fields)]
+    if fields and v.get("text_kind") == "long": parts.append("robocrys descriptions")
     if fields: parts.append("z-scored" if v.get("text_standardise") else "raw embeddings")
     if v.get("prompt_style") == "tgdmat": parts.append("TGDMat's wording")
     if v["model"] == "tgdmat" and v.get("time_grid", "paper") == "paper": parts.append("reference grid")
+    if v.get("n_train_limit"): parts.append(f"first {v['n_train_limit']} training crystals")   # ci/text_runs.py --n-train
     return f"{name}, " + ", ".join(parts)
 
 # %% ../nbs/74_text_experiments.ipynb #c74r002
