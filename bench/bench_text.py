@@ -1,5 +1,6 @@
 """Time robocrys descriptions + short prompts (`text.describe_split`) with 1 and 2 worker processes on the
-first N crystals of the Perov-5 and MP-20 test splits, and extrapolate to whole splits.
+first N crystals of the Perov-5 and MP-20 test splits, with chapter 60's speed-ups off (robocrys and pymatgen as
+installed) and on, side by side; check that both write the same descriptions; extrapolate to whole splits.
 
     CDB_DATA_MIRROR=/work/shared/data .venv/bin/python bench/bench_text.py --n 16
 
@@ -38,25 +39,35 @@ def main():
     ap.add_argument("--n", type=int, default=16, help="crystals per dataset and setting")
     ap.add_argument("--datasets", default="perov_5,mp_20")
     ap.add_argument("--jobs", default="1,2")
+    ap.add_argument("--speedups", default="off,on", help="text.set_robocrys_speedups settings to time")
     args = ap.parse_args()
     torch.set_num_threads(1)
     t0 = time.perf_counter(); text._robocrys(); t_import = time.perf_counter() - t0
     print(f"cores visible: {os.cpu_count()}, torch threads 1, load average {os.getloadavg()}, "
           f"robocrys import {t_import:.1f} s")
-    print("dataset  n_jobs  crystals  wall_s  s/crystal  cpu_s/crystal  failures  mean_atoms  | hours at this wall rate: train val test")
+    print("dataset  speedups n_jobs  crystals  wall_s  s/crystal  cpu_s/crystal  failures  mean_atoms  | hours at this wall rate: train val test")
     for ds in args.datasets.split(","):
         rows = split_rows(ds)
         data.load_dataset(ds, "test", limit=args.n, progress=False)  # parse outside the timing
-        for j in map(int, args.jobs.split(",")):
-            with tempfile.TemporaryDirectory() as tmp:
-                t0, c0 = time.perf_counter(), cpu_seconds()
-                df = text.describe_split(ds, "test", limit=args.n, n_jobs=j, cache_dir=tmp, progress=False)
-                wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
-            per = wall / len(df)
-            natoms = sum(len(s) for s in data.load_structures(ds, "test", limit=args.n, progress=False)) / len(df)
-            hours = " ".join(f"{per * rows[sp] / 3600:6.1f}" for sp in ("train", "val", "test"))
-            print(f"{ds:8s} {j:6d} {len(df):9d} {wall:7.1f} {per:10.2f} {cpu / len(df):14.2f} {int(df['long'].isna().sum()):9d} "
-                  f"{natoms:11.1f}  | {hours}   (load avg {os.getloadavg()[0]:.1f})", flush=True)
+        written = {}
+        for sp_on in [x.strip() == "on" for x in args.speedups.split(",")]:
+            text.set_robocrys_speedups(sp_on)          # worker processes are forked after this and inherit it
+            for j in map(int, args.jobs.split(",")):
+                with tempfile.TemporaryDirectory() as tmp:
+                    t0, c0 = time.perf_counter(), cpu_seconds()
+                    df = text.describe_split(ds, "test", limit=args.n, n_jobs=j, cache_dir=tmp, progress=False)
+                    wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
+                written.setdefault(sp_on, list(df["long"]))
+                per = wall / len(df)
+                natoms = sum(len(s) for s in data.load_structures(ds, "test", limit=args.n, progress=False)) / len(df)
+                hours = " ".join(f"{per * rows[sp] / 3600:6.1f}" for sp in ("train", "val", "test"))
+                print(f"{ds:8s} {'on' if sp_on else 'off':8s} {j:6d} {len(df):9d} {wall:7.1f} {per:10.2f} {cpu / len(df):14.2f} "
+                      f"{int(df['long'].isna().sum()):9d} {natoms:11.1f}  | {hours}   (load avg {os.getloadavg()[0]:.1f})", flush=True)
+        if len(written) == 2:
+            same = written[True] == written[False]
+            print(f"{ds}: descriptions with and without the speed-ups {'identical' if same else 'DIFFER'}", flush=True)
+            if not same: raise SystemExit(f"{ds}: the speed-ups changed a description")
+        text.set_robocrys_speedups(True)
 
 
 if __name__ == "__main__":
