@@ -250,9 +250,6 @@ def _prompt_fields(value, dataset, option):
     except ValueError as e:
         raise ValueError(f"{option}: {e}") from None
 
-# %% ../nbs/90_cli.ipynb #67cd73fb
-_MODEL_CLASS = {"diffcsp": "DiffCSP", "kldm": "KLDM", "tgdmat": "TGDMat", "kldm-text": "TextKLDM"}
-
 # %% ../nbs/90_cli.ipynb #9a6e6465
 def _check_resume(path, model, preset, network):
     "ValueError (exit 2) unless the training checkpoint `path` holds `model` with the preset's network (read before any data)."
@@ -265,8 +262,10 @@ def _check_resume(path, model, preset, network):
         hint = f" (continue from it with --resume-from {prev})" if prev.is_file() and Path(path) != prev else ""
         raise ValueError(f"--resume: {e}{hint}") from None
     stored = ck["model"].get("class")
-    if stored != _MODEL_CLASS[model]:
-        raise ValueError(f"--resume: {path} holds a {stored} run, --model {model} builds a {_MODEL_CLASS[model]}: "
+    from crystal_diffusion_book.registry import model_entry
+    expected = model_entry(model).class_name               # the registry's class name: no model import needed
+    if stored != expected:
+        raise ValueError(f"--resume: {path} holds a {stored} run, --model {model} builds a {expected}: "
                          "give the run's --model, or another --out")
     want = asdict(network) if is_dataclass(network) else dict(network)
     have = (ck["model"].get("config") or {}).get("network") or {}

@@ -69,6 +69,15 @@ class ModelEntry:
     reads_text: bool = False   # conditioned on a text embedding (needs text_dim, p_uncond)
     chapter: str = ""          # the chapter that derives it
     options: dict = field(default_factory=dict)   # config fields this entry fixes (a variant of a model)
+    label: str = ""            # the name tables and figures print (default: name)
+
+    def __post_init__(self):
+        if not self.label: object.__setattr__(self, "label", self.name)   # a frozen dataclass
+
+    @property
+    def class_name(self) -> str:   # the model class's name, as checkpoints record it, without importing it
+        "The class part of `model_class`."
+        return self.model_class.split(":")[1]
 
     def resolve(self):         # the model class
         "Import and return the model class."
@@ -90,10 +99,12 @@ def register(
     REGISTRY[entry.name] = entry
     return entry
 
-for _e in (ModelEntry("diffcsp", "diffcsp:DiffCSP", ("csp", "dng"), "diffcsp", chapter="32_diffcsp"),
-           ModelEntry("kldm", "kldm:KLDM", ("csp", "dng"), "kldm", chapter="33_kldm"),
-           ModelEntry("tgdmat", "tgdmat:TGDMat", ("csp", "dng"), "tgdmat", reads_text=True, chapter="61_tgdmat"),
-           ModelEntry("kldm-text", "text_kldm:TextKLDM", ("csp",), "kldm", reads_text=True, chapter="62_text_kldm")):
+for _e in (ModelEntry("diffcsp", "diffcsp:DiffCSP", ("csp", "dng"), "diffcsp", chapter="32_diffcsp", label="DiffCSP"),
+           ModelEntry("kldm", "kldm:KLDM", ("csp", "dng"), "kldm", chapter="33_kldm", label="KLDM"),
+           ModelEntry("tgdmat", "tgdmat:TGDMat", ("csp", "dng"), "tgdmat", reads_text=True, chapter="61_tgdmat",
+                      label="TGDMat"),
+           ModelEntry("kldm-text", "text_kldm:TextKLDM", ("csp",), "kldm", reads_text=True, chapter="62_text_kldm",
+                      label="KLDM + text")):
     register(_e)
 
 # %% ../nbs/65_architecture.ipynb #062e1c34

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .registry import build, model_entry, model_names
+from .registry import REGISTRY, build, model_entry, model_names
 from .train import TrainConfig, preset as train_preset
 
 # %% ../nbs/70_reproduce_csp.ipynb #d3cba765
@@ -126,9 +126,9 @@ TRAIN_REFERENCE = {m: model_entry(m).train_preset for m in MODELS}   # train.PRE
 def default_p_uncond(
     model: str,          # one of TEXT_MODELS
 ) -> float:              # condition dropout of the model as we run it by default
-    "The default condition dropout: 0 for TGDMat (as published), 0.1 for the text-conditioned KLDM."
+    "The default condition dropout, its config's: 0 for TGDMat (as published), 0.1 for the text-conditioned KLDM."
     if model not in TEXT_MODELS: raise ValueError(f"model must be one of {TEXT_MODELS}, got {model!r}")
-    return 0.0 if model == "tgdmat" else 0.1
+    return float(model_entry(model).resolve().config_class.__dataclass_fields__["p_uncond"].default)
 
 # %% ../nbs/70_reproduce_csp.ipynb #5798cdf1
 def build_model(
@@ -275,14 +275,16 @@ def run_label(
 ) -> str:         # a short name: the model, its non-default switches, for text models the prompt, and "trained on val" for the substitute
     "A readable label of a run: model name, KLDM switches that differ from KLDM's defaults, and a text model's prompt."
     m = r.get("model")
-    name = {"diffcsp": "DiffCSP", "kldm": "KLDM", "tgdmat": "TGDMat", "kldm-text": "KLDM + text"}.get(m, str(m))
+    entry = REGISTRY.get(m)
+    name = entry.label if entry else str(m)                # the registry's label
+    config_fields = entry.resolve().config_class.__dataclass_fields__ if entry else {}
     sw = []
-    if m in ("kldm", "kldm-text"):
+    if "simplified" in config_fields:                     # KLDM's ablation switches (chapter 33)
         if r.get("parameterization", "simplified") != "simplified": sw.append(str(r["parameterization"]))
         if float(r.get("v0_scale", 0.0) or 0.0) != 0.0: sw.append(f"v0 {r['v0_scale']}")
         if not r.get("mean_free", True): sw.append("not mean-free")
         if float(r.get("t_f", 2.0)) != 2.0: sw.append(f"t_f {r['t_f']}")
-    if m in ("tgdmat", "kldm-text"):
+    if entry and entry.reads_text:
         fields, ds = r.get("prompt_fields"), r.get("dataset")
         from crystal_diffusion_book.text import DATASET_FIELDS
         if fields is not None and len(fields) == 0: sw.append("no text")

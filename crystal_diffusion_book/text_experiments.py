@@ -149,7 +149,8 @@ def variant_label(
 ) -> str:                   # e.g. "TGDMat, all fields, z-scored"
     "A short human label of a text variant: model, prompt fields and kind, embedding treatment, wording, grid, subset."
     from crystal_diffusion_book.text import DATASET_FIELDS, STRUCTURAL_FIELDS
-    name = {"tgdmat": "TGDMat", "kldm-text": "text-KLDM"}.get(v["model"], v["model"])
+    from crystal_diffusion_book.registry import REGISTRY
+    name = REGISTRY[v["model"]].label if v["model"] in REGISTRY else v["model"]
     fields = v.get("fields") or []
     if not fields: parts = ["no text"]
     elif tuple(fields) == DATASET_FIELDS[v["dataset"]][0]: parts = ["all fields"]

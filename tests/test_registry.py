@@ -33,3 +33,15 @@ def test_register_and_build_errors():
         reg.build("kldm", network=dict(hidden_dim=8, num_layers=1))
     m = reg.build("diffcsp", "dng", network=dict(hidden_dim=8, num_layers=1), dataset="carbon_24")
     assert m.config.task == "dng" and m.config.dataset in ("carbon_24", "mp_20")
+
+
+def test_labels_and_class_names_come_from_the_registry():
+    "Tables (run_label, variant_label) print the entry's label; --resume compares the entry's class name, unimported."
+    from crystal_diffusion_book.registry import REGISTRY
+    from crystal_diffusion_book.text_experiments import variant_label
+    for name, e in REGISTRY.items():
+        assert e.class_name == e.resolve().__name__
+        assert rp.run_label({"model": name, "dataset": "perov_5"}).startswith(e.label)
+        if e.reads_text:
+            assert variant_label({"model": name, "dataset": "perov_5", "fields": []}).startswith(e.label + ",")
+            assert rp.default_p_uncond(name) == e.resolve().config_class.__dataclass_fields__["p_uncond"].default
