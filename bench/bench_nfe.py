@@ -30,6 +30,11 @@ LATTICE_PLAN = [   # KLDM's EM and ODE samplers with each lattice step (chapter 
     (meth, ls, [10, 25, 50, 100, 200]) for meth in ("em", "ode") for ls in ("euler", "exponential")
 ] + [("pc", None, [100, 1000])]   # on the same checkpoint: the cpu preset's sampler and the 1000-step reference
 
+CORRECTOR_PLAN = [   # corrector sizes at the cpu preset's 100 PC steps (200 calls): (model, grid, option, values)
+    ("diffcsp", "skip_end", "step_lr", [0.0, 5e-7, 5e-6, 5e-5, 5e-4]),      # 5e-7: DiffCSP's Perov-5 CSP value
+    ("kldm", None, "tau_corrector", [0.0, 0.0625, 0.125, 0.25, 0.5, 1.0]),   # 0.25: KLDM's
+]
+
 QUICK_PLAN = [   # (model, method, grid, steps), in the order run: the preset's and the short grids first
     ("diffcsp", "pc", "paper", 100), ("diffcsp", "pc", "skip_end", 100), ("kldm", "pc", None, 100),
     ("diffcsp", "pc", "skip_end", 10), ("diffcsp", "pc", "paper", 10), ("kldm", "pc", None, 10),
@@ -48,9 +53,10 @@ def main(argv=None):
     p.add_argument("--dataset", default="perov_5")
     p.add_argument("--n-test", type=int, default=200, help="seeded test crystals (default 200)")
     p.add_argument("--seed", type=int, default=0, help="seed of the test subset and of every sampler run")
-    p.add_argument("--plan", choices=["full", "quick", "lattice"], default="full",
+    p.add_argument("--plan", choices=["full", "quick", "lattice", "corrector"], default="full",
                    help="full: every sampler at every step count of DEFAULT_STEPS; quick: QUICK_PLAN, most telling first; "
-                        "lattice: KLDM EM and ODE with each lattice step (LATTICE_PLAN)")
+                        "lattice: KLDM EM and ODE with each lattice step (LATTICE_PLAN); "
+                        "corrector: PC at 100 steps with each corrector size (CORRECTOR_PLAN)")
     p.add_argument("--only", default="", help="comma list of sampler labels to run (default: all with a checkpoint)")
     p.add_argument("--max-steps", type=int, default=None, help="skip step counts above this (quick runs)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
@@ -70,14 +76,18 @@ def main(argv=None):
     only = {s.strip() for s in a.only.split(",") if s.strip()}
     settings = []
     if a.plan == "lattice":
-        plan = [(("kldm", meth, None), steps, {"lattice_step": ls} if ls else {}) for meth, ls, steps in LATTICE_PLAN]
+        plan = [(("kldm", meth, None), steps, {"lattice_step": ls} if ls else {}, "") for meth, ls, steps in LATTICE_PLAN]
+    elif a.plan == "corrector":
+        plan = [((m, "pc", g), [100], {opt: v}, " ".join(x for x in (m, "pc", g, f"{opt}={v:g}") if x))
+                for m, g, opt, values in CORRECTOR_PLAN for v in values]
     elif a.plan == "full":
-        plan = [(key, steps, {}) for key, steps in DEFAULT_STEPS.items()]
+        plan = [(key, steps, {}, "") for key, steps in DEFAULT_STEPS.items()]
     else:
-        plan = [((m, me, g), [S], {}) for m, me, g, S in QUICK_PLAN]
-    for (m, meth, grid), steps, options in plan:
+        plan = [((m, me, g), [S], {}, "") for m, me, g, S in QUICK_PLAN]
+    for (m, meth, grid), steps, options, label in plan:
         if m not in models: continue
-        st = SamplerSetting(m, meth, [s for s in steps if a.max_steps is None or s <= a.max_steps], grid, options=options)
+        st = SamplerSetting(m, meth, [s for s in steps if a.max_steps is None or s <= a.max_steps], grid, label=label,
+                            options=options)
         if (not only or st.label in only) and st.steps: settings.append(st)
     test_all = load_dataset(a.dataset, "test")
     idx = test_indices(len(test_all), a.n_test, a.seed)
