@@ -1,6 +1,7 @@
 """One notation: every Greek letter, named operator (\\operatorname{...}) and set or distribution symbol (\\mathbb,
 \\mathcal) a chapter's maths uses is defined in chapter 01's symbol table, and the drifts
 issue 15 found (the projection written P, the wrapped-normal score written g_σ, KLDM positions written x) stay fixed."""
+import functools
 import json
 import re
 from pathlib import Path
@@ -37,22 +38,18 @@ def _ops(maths):
     return {(k, a or b) for m in maths for k, a, b in OPS.findall(m)}
 
 
-def _table_maths():
+@functools.lru_cache(maxsize=1)
+def _table_maths():                     # read once, not once per chapter's test
     md = _markdown(ROOT / "nbs" / "01_notation.ipynb")
     sec = md.split("{#sec-notation-symbols}", 1)
     assert len(sec) == 2, "chapter 01 has no symbol table (a heading with {#sec-notation-symbols})"
     rows = [l for l in sec[1].splitlines() if l.startswith("| ")]
     assert len(rows) > 30, "the symbol table looks truncated"
-    return _maths("\n".join(rows))
+    return tuple(_maths("\n".join(rows)))
 
 
 def _table():
-    md = _markdown(ROOT / "nbs" / "01_notation.ipynb")
-    sec = md.split("{#sec-notation-symbols}", 1)
-    assert len(sec) == 2, "chapter 01 has no symbol table (a heading with {#sec-notation-symbols})"
-    rows = [l for l in sec[1].splitlines() if l.startswith("| ")]
-    assert len(rows) > 30, "the symbol table looks truncated"
-    return _greek(_maths("\n".join(rows)))
+    return _greek(_table_maths())
 
 
 @pytest.mark.parametrize("path", NBS, ids=lambda p: p.name)
