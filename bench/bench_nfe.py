@@ -76,18 +76,16 @@ def main(argv=None):
     only = {s.strip() for s in a.only.split(",") if s.strip()}
     settings = []
     if a.plan == "lattice":
-        plan = [(("kldm", meth, None), steps, {"lattice_step": ls} if ls else {}, "") for meth, ls, steps in LATTICE_PLAN]
+        plan = [(("kldm", meth, None), steps, {"lattice_step": ls} if ls else {}) for meth, ls, steps in LATTICE_PLAN]
     elif a.plan == "corrector":
-        plan = [((m, "pc", g), [100], {opt: v}, " ".join(x for x in (m, "pc", g, f"{opt}={v:g}") if x))
-                for m, g, opt, values in CORRECTOR_PLAN for v in values]
+        plan = [((m, "pc", g), [100], {opt: v}) for m, g, opt, values in CORRECTOR_PLAN for v in values]
     elif a.plan == "full":
-        plan = [(key, steps, {}, "") for key, steps in DEFAULT_STEPS.items()]
+        plan = [(key, steps, {}) for key, steps in DEFAULT_STEPS.items()]
     else:
-        plan = [((m, me, g), [S], {}, "") for m, me, g, S in QUICK_PLAN]
-    for (m, meth, grid), steps, options, label in plan:
+        plan = [((m, me, g), [S], {}) for m, me, g, S in QUICK_PLAN]
+    for (m, meth, grid), steps, options in plan:
         if m not in models: continue
-        st = SamplerSetting(m, meth, [s for s in steps if a.max_steps is None or s <= a.max_steps], grid, label=label,
-                            options=options)
+        st = SamplerSetting(m, meth, [s for s in steps if a.max_steps is None or s <= a.max_steps], grid, options=options)
         if (not only or st.label in only) and st.steps: settings.append(st)
     test_all = load_dataset(a.dataset, "test")
     idx = test_indices(len(test_all), a.n_test, a.seed)

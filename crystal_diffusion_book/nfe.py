@@ -27,8 +27,9 @@ class SamplerSetting:
     options: dict = field(default_factory=dict)   # more `sample` keywords, e.g. {"lattice_step": "exponential"} (KLDM)
 
     def __post_init__(self):
-        if not self.label:
-            self.label = " ".join(str(x) for x in (self.model, self.method, self.grid, *self.options.values()) if x)
+        if not self.label:   # a string option names itself ("exponential"); a number says what it sets ("step_lr=5e-06")
+            opts = [v if isinstance(v, str) else f"{k}={v:g}" for k, v in self.options.items()]
+            self.label = " ".join(x for x in (self.model, self.method, self.grid, *opts) if x)
         if not self.steps or min(int(s) for s in self.steps) < 1:
             raise ValueError(f"{self.label}: steps must be positive integers, got {self.steps}")
 
