@@ -49,6 +49,8 @@ def main():
     for ds in args.datasets.split(","):
         rows = split_rows(ds)
         data.load_dataset(ds, "test", limit=args.n, progress=False)  # parse outside the timing
+        structures = data.load_structures(ds, "test", limit=args.n, progress=False)   # the crystals described below
+        natoms = sum(len(s) for s in structures) / len(structures)
         written = {}
         for sp_on in [x.strip() == "on" for x in args.speedups.split(",")]:
             text.set_robocrys_speedups(sp_on)          # worker processes are forked after this and inherit it
@@ -59,7 +61,6 @@ def main():
                     wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
                 written.setdefault(sp_on, list(df["long"]))
                 per = wall / len(df)
-                natoms = sum(len(s) for s in data.load_structures(ds, "test", limit=args.n, progress=False)) / len(df)
                 hours = " ".join(f"{per * rows[sp] / 3600:6.1f}" for sp in ("train", "val", "test"))
                 print(f"{ds:8s} {'on' if sp_on else 'off':8s} {j:6d} {len(df):9d} {wall:7.1f} {per:10.2f} {cpu / len(df):14.2f} "
                       f"{int(df['long'].isna().sum()):9d} {natoms:11.1f}  | {hours}   (load avg {os.getloadavg()[0]:.1f})", flush=True)

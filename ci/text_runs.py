@@ -79,8 +79,7 @@ def main(argv=None):
     if a.epochs is not None and a.epochs < 1: p.error(f"--epochs must be positive, got {a.epochs}")
     if any(w < 0 for w in a.guidance): p.error(f"--guidance scales must be >= 0, got {a.guidance}")
     if a.n_train is not None and a.n_train < 1: p.error(f"--n-train must be positive, got {a.n_train}")
-    run = get_preset(a.preset, epochs=a.epochs, n_test=a.n_test)
-    if a.n_train is not None: run = replace(run, n_train=a.n_train)
+    run = get_preset(a.preset, epochs=a.epochs, n_test=a.n_test, n_train=a.n_train)   # None keeps the preset's
     if a.standardise != "preset": run = replace(run, text_standardise=a.standardise == "yes")
     if a.grid != "preset": run = replace(run, time_grid=a.grid)
     fields = prompt_fields_for(a.fields, a.dataset)
